@@ -1,0 +1,1 @@
+"""Market-data providers: plain clients (no Dagster) behind one protocol."""

@@ -1,0 +1,81 @@
+"""The provider protocol, its result type and its error classes (§A5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol
+
+import pandas as pd
+
+from ais_pipelines.core.asset_classes import AssetClass
+from ais_pipelines.core.reason_codes import ReasonCode
+
+RAW_BAR_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "volume"]
+OPTIONAL_BAR_COLUMNS = ["adj_close"]
+
+
+class ProviderError(Exception):
+    """Base class: a provider could not deliver. Carries a reason code and the HTTP status."""
+
+    reason_code: ReasonCode = ReasonCode.PROVIDER_NOT_AVAILABLE
+
+    def __init__(self, message: str, *, status: int | None = None, provider: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.provider = provider
+
+
+class ProviderRejectedError(ProviderError):
+    """400/401/403 and other permanent refusals: never retried (§A5)."""
+
+    reason_code = ReasonCode.PROVIDER_REJECTED
+
+
+class ProviderTransientError(ProviderError):
+    """Timeouts, connection errors, 429 and 5xx: retried with bounded backoff (§A5)."""
+
+    reason_code = ReasonCode.PROVIDER_TRANSIENT_EXHAUSTED
+
+
+class ProviderEmptyError(ProviderError):
+    """The provider answered but delivered no bars for the symbol."""
+
+    reason_code = ReasonCode.PROVIDER_EMPTY_RESPONSE
+
+
+def classify_http_status(status: int, message: str, provider: str) -> ProviderError:
+    """Map an HTTP status to the right error class (§A5)."""
+    if status in (408, 425, 429) or status >= 500:
+        return ProviderTransientError(message, status=status, provider=provider)
+    return ProviderRejectedError(message, status=status, provider=provider)
+
+
+@dataclass(frozen=True)
+class InstrumentRequest:
+    symbol: str
+    asset_class: AssetClass
+
+
+@dataclass
+class FetchResult:
+    """What one provider returned for one symbol.
+
+    ``frame`` has the columns ``RAW_BAR_COLUMNS`` (+ optional ``adj_close``) exactly as
+    delivered (not yet validated: ingestion normalizes and validates it). ``raw`` is the
+    JSON-serialisable response as received, archived under ``runtime/raw/{run_id}/``.
+    """
+
+    symbol: str
+    provider: str
+    frame: pd.DataFrame
+    raw: Any
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+class HistoryProvider(Protocol):
+    """A source of daily bars. Implementations raise ``ProviderError`` subclasses only."""
+
+    name: str
+
+    def fetch_daily_bars(self, request: InstrumentRequest, start: date, end: date) -> FetchResult: ...
