@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export DAGSTER_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export AIS_RUNTIME_DIR ?= $(CURDIR)/runtime
+export DAGSTER_HOME ?= $(AIS_RUNTIME_DIR)/dagster_home
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: setup demo test test-fast lint dev bench clean
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+setup: $(UV)
+	$(UV) sync --frozen
+	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(UV) run ais policies validate
+
+demo: setup
+	$(UV) run ais demo
+
+test: setup
+	$(UV) run ruff check .
+	$(UV) run pytest
+
+test-fast: setup
+	$(UV) run pytest -m "not slow and not browser"
+
+lint: setup
+	$(UV) run ruff check .
+
+dev: setup
+	$(UV) run dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: setup
+	$(UV) run python benchmarks/bench_ingestion.py
+
+clean:
+	rm -rf runtime

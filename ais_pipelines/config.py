@@ -1,0 +1,279 @@
+"""Declarative policies (``policies/*.yaml``) as validated pydantic models.
+
+Every file is loaded and validated once per run; a bad file is refused with an error that
+names the file, the key path and the offending value (fail closed: nothing runs on a policy
+that could not be read).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ais_pipelines.core.asset_classes import AssetClass, classify_symbol
+from ais_pipelines.core.calendars import calendar_name
+from ais_pipelines.core.reason_codes import ReasonCode
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_POLICIES_DIR = REPO_ROOT / "policies"
+
+Purpose = Literal["history", "live_quotes", "execution"]
+
+
+class PolicyFileError(ValueError):
+    """A policy file is missing, unreadable or invalid. Carries POLICY_UNREADABLE."""
+
+    reason_code = ReasonCode.POLICY_UNREADABLE
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- universe ------------------------------------------------------------------------------
+class Instrument(_Strict):
+    symbol: str = Field(min_length=1)
+    asset_class: AssetClass | None = None
+    sector: str = "Unclassified"
+    calendar: str | None = None
+
+    @field_validator("symbol")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.strip().upper()
+
+    @property
+    def resolved_class(self) -> AssetClass:
+        return self.asset_class or classify_symbol(self.symbol)
+
+    @property
+    def resolved_calendar(self) -> str:
+        return calendar_name(self.resolved_class, self.calendar)
+
+
+class Universe(_Strict):
+    name: str
+    benchmark: str = "equal_weight_stocks"
+    symbols: list[Instrument] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Universe:
+        seen: set[str] = set()
+        for i, inst in enumerate(self.symbols):
+            if inst.symbol in seen:
+                raise ValueError(f"symbols[{i}].symbol: duplicate symbol {inst.symbol!r}")
+            seen.add(inst.symbol)
+        return self
+
+    @property
+    def asset_classes(self) -> dict[str, AssetClass]:
+        return {i.symbol: i.resolved_class for i in self.symbols}
+
+    @property
+    def calendars(self) -> dict[str, str]:
+        return {i.symbol: i.resolved_calendar for i in self.symbols}
+
+    @property
+    def sectors(self) -> dict[str, str]:
+        return {i.symbol: i.sector for i in self.symbols}
+
+
+# --- providers -----------------------------------------------------------------------------
+class ProviderCapability(_Strict):
+    asset_classes: list[AssetClass]
+    max_history_days: int = Field(gt=0)
+    needs_entitlement: bool
+    entitlement_env: list[str] = []
+    purposes: list[Purpose]
+    implemented: bool = True
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _env_when_entitled(self) -> ProviderCapability:
+        if self.needs_entitlement and not self.entitlement_env:
+            raise ValueError("needs_entitlement is true but entitlement_env is empty")
+        return self
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    initial_wait_s: float = Field(default=0.5, ge=0)
+    max_wait_s: float = Field(default=8.0, ge=0)
+
+
+class SampleDefectSpec(_Strict):
+    symbol: str
+    kind: Literal[
+        "missing_sessions", "short_history", "stale", "split_jump", "ohlc_inconsistent",
+        "duplicate_dates", "non_positive", "return_spike", "volume_spike",
+    ]
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+    sessions: int | None = Field(default=None, gt=0)
+    rows: int | None = Field(default=None, gt=0)
+
+
+class SampleSettings(_Strict):
+    seed: int = 7
+    end_session: date
+    n_sessions: int = Field(default=1320, ge=300)
+    defects: list[SampleDefectSpec] = []
+
+
+class ProvidersPolicy(_Strict):
+    providers: dict[str, ProviderCapability]
+    routing: dict[Purpose, list[str]]
+    default_history_provider: str = "sample"
+    retry: RetryPolicy = RetryPolicy()
+    live_history_limit_days: int = Field(default=730, gt=0)
+    sample: SampleSettings
+
+    @model_validator(mode="after")
+    def _known_names(self) -> ProvidersPolicy:
+        for purpose, names in self.routing.items():
+            for i, n in enumerate(names):
+                if n not in self.providers:
+                    raise ValueError(f"routing.{purpose}[{i}]: unknown provider {n!r}")
+        if self.default_history_provider not in {*self.providers, "auto"}:
+            raise ValueError(f"default_history_provider: unknown provider {self.default_history_provider!r}")
+        return self
+
+
+# --- quality -------------------------------------------------------------------------------
+class HistoryPolicy(_Strict):
+    min_valid_sessions: int = Field(default=1260, gt=0)
+    fetch_sessions: int = Field(default=1320, gt=0)
+
+    @model_validator(mode="after")
+    def _enough(self) -> HistoryPolicy:
+        if self.fetch_sessions < self.min_valid_sessions:
+            raise ValueError(
+                f"fetch_sessions: {self.fetch_sessions} is below min_valid_sessions {self.min_valid_sessions}"
+            )
+        return self
+
+
+class ScorePolicy(_Strict):
+    invalid_below: float = Field(default=0.6, ge=0, le=1)
+    spike_sigma: float = Field(default=6.0, gt=0)
+    stale_min_run: int = Field(default=3, ge=2)
+    split_tolerance: float = Field(default=0.05, gt=0, lt=0.5)
+    weights: dict[
+        Literal[
+            "missing_sessions", "duplicate_dates", "non_positive_prices", "ohlc_inconsistent",
+            "return_spikes", "volume_spikes", "stale_prices", "split_like_jumps",
+        ],
+        float,
+    ]
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, w in v.items():
+            if w < 0:
+                raise ValueError(f"weight of {k} must be ≥ 0, got {w}")
+        return v
+
+
+class GatePolicy(_Strict):
+    min_tradable_symbols: int = Field(default=1, ge=0)
+
+
+class QualityPolicy(_Strict):
+    history: HistoryPolicy
+    score: ScorePolicy
+    gate: GatePolicy = GatePolicy()
+
+
+# --- schedules -----------------------------------------------------------------------------
+class NightlySchedule(_Strict):
+    cron: str
+    timezone: str = "America/New_York"
+
+
+class IntradaySchedule(_Strict):
+    execution_sensor_interval_s: int = Field(default=30, ge=5)
+    reconciliation_sensor_interval_s: int = Field(default=60, ge=5)
+
+
+class SchedulesPolicy(_Strict):
+    nightly: NightlySchedule
+    intraday: IntradaySchedule = IntradaySchedule()
+
+
+# --- loading -------------------------------------------------------------------------------
+M = TypeVar("M", bound=BaseModel)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def load_policy_file(path: Path, model: type[M]) -> M:
+    """Read and validate one YAML file; errors name the file, the key path and the value."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyFileError(path, [f"cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyFileError(path, [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise PolicyFileError(path, [f"top level must be a mapping, got {type(data).__name__}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{_format_loc(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        ]
+        raise PolicyFileError(path, problems) from exc
+
+
+class Policies:
+    """All policy files of one directory, each loaded lazily, validated, then cached."""
+
+    def __init__(self, directory: Path | str | None = None, universe_file: Path | str | None = None):
+        self.directory = Path(directory or os.environ.get("AIS_POLICIES_DIR") or DEFAULT_POLICIES_DIR)
+        uf = universe_file or os.environ.get("AIS_UNIVERSE_FILE")
+        self.universe_file = Path(uf) if uf else self.directory / "universe.yaml"
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    @cached_property
+    def universe(self) -> Universe:
+        return load_policy_file(self.universe_file, Universe)
+
+    @cached_property
+    def providers(self) -> ProvidersPolicy:
+        return load_policy_file(self.path("providers.yaml"), ProvidersPolicy)
+
+    @cached_property
+    def quality(self) -> QualityPolicy:
+        return load_policy_file(self.path("quality.yaml"), QualityPolicy)
+
+    @cached_property
+    def schedules(self) -> SchedulesPolicy:
+        return load_policy_file(self.path("schedules.yaml"), SchedulesPolicy)
+
+    def validate_all(self) -> list[str]:
+        """Load every file now; returns the names loaded (raises on the first bad one)."""
+        loaded = []
+        for name in ("universe", "providers", "quality", "schedules"):
+            getattr(self, name)
+            loaded.append(name)
+        return loaded

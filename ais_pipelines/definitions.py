@@ -1,0 +1,74 @@
+"""The code location: one factory assembles assets, checks, jobs, schedules, sensors and the
+resources of the chosen environment (local / ci / prod). Nothing is decided at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from ais_pipelines.config import Policies
+
+ENVIRONMENTS = ("local", "ci", "prod")
+
+
+def resources_for(env: str, runtime_root: str) -> dict[str, object]:
+    """Environment → resources, as data. prod differs only by where things live and who trades."""
+    from resources.clock import ClockResource
+    from resources.market_data import MarketDataResource
+    from resources.policies import PoliciesResource
+    from resources.runtime import RuntimeResource
+
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"AIS_ENV must be one of {ENVIRONMENTS}, got {env!r}")
+    root = Path(runtime_root)
+    common: dict[str, object] = {
+        "policies": PoliciesResource(
+            directory=os.environ.get("AIS_POLICIES_DIR"), universe_file=os.environ.get("AIS_UNIVERSE_FILE")
+        ),
+        "runtime": RuntimeResource(root=str(root)),
+        "warehouse": DuckDBResource(database=os.environ.get("AIS_WAREHOUSE", str(root / "warehouse.duckdb"))),
+        "clock": ClockResource(fixed_now=os.environ.get("AIS_FIXED_NOW")),
+    }
+    by_env: dict[str, dict[str, object]] = {
+        "local": {"market_data": MarketDataResource(provider="sample")},
+        "ci": {"market_data": MarketDataResource(provider="sample")},
+        "prod": {"market_data": MarketDataResource(provider="auto", files_dir=os.environ.get("AIS_FILES_DIR"))},
+    }
+    return {**common, **by_env[env]}
+
+
+def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
+    from assets import ingestion, quality
+
+    env = env or os.environ.get("AIS_ENV", "local")
+    root = runtime_root or os.environ.get("AIS_RUNTIME_DIR", "runtime")
+    policies = Policies()
+
+    asset_modules = [ingestion, quality]
+    assets = dg.load_assets_from_modules(asset_modules)
+    checks = dg.load_asset_checks_from_modules(asset_modules)
+
+    nightly_job = dg.define_asset_job(
+        "nightly_job",
+        selection=dg.AssetSelection.groups("ingestion", "quality"),
+        description="Nightly: ingest → quality (and, as they land, the downstream decision assets).",
+        executor_def=dg.in_process_executor,
+    )
+    from sensors.schedules import nightly_schedule
+
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[nightly_job],
+        schedules=[nightly_schedule(nightly_job, policies)],
+        resources=resources_for(env, root),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

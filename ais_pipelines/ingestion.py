@@ -1,0 +1,208 @@
+"""Nightly ingestion of daily bars (§B1–B2): route, fetch, archive, normalize.
+
+No Dagster here: the ``raw_daily_bars`` asset calls :func:`ingest_universe` and only adds
+metadata. One symbol's failure (provider error, unusable file) is recorded with a reason
+code and never stops the others.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ais_pipelines.config import Instrument, Policies
+from ais_pipelines.core.bars import BarsInputError, normalize_raw_bars
+from ais_pipelines.core.calendars import calendar_days_for_sessions
+from ais_pipelines.core.reason_codes import ReasonCode
+from ais_pipelines.market_data.base import FetchResult, HistoryProvider, InstrumentRequest, ProviderError
+from ais_pipelines.market_data.routing import NO_VALID_PROVIDER, explain_selection
+
+REJECT_COLUMNS = ["symbol", "date", "reason_code", "detail", "source", "provider"]
+LOG_COLUMNS = [
+    "symbol", "asset_class", "calendar", "provider", "status", "reason_code", "detail",
+    "requested_start", "requested_end", "rows_received", "rows_valid", "rows_rejected", "raw_path",
+]
+
+
+@dataclass
+class IngestionOutcome:
+    bars: pd.DataFrame
+    rejects: pd.DataFrame
+    log: pd.DataFrame
+    lineage: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed_symbols(self) -> list[str]:
+        return sorted(self.log.loc[self.log["status"] != "OK", "symbol"].tolist())
+
+
+def _safe_name(symbol: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", symbol)
+
+
+def archive_raw(archive_dir: Path, result: FetchResult) -> Path:
+    """Write the response as received to ``{archive_dir}/{provider}/{symbol}.json.gz`` (§B2)."""
+    path = archive_dir / result.provider / f"{_safe_name(result.symbol)}.json.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"symbol": result.symbol, "provider": result.provider, "lineage": result.lineage, "response": result.raw}
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        json.dump(body, fh, default=str)
+    return path
+
+
+def resolve_provider_name(configured: str, inst: Instrument, history_days: int, policies: Policies,
+                          entitled: frozenset[str]) -> tuple[str, ReasonCode | None, str]:
+    """The provider for one symbol: the configured one (if entitled), or routed when "auto"."""
+    matrix = policies.providers
+    if configured == "auto":
+        sel = explain_selection(
+            inst.symbol, history_days, "history", entitled, matrix=matrix, asset_class=inst.resolved_class
+        )
+        if sel.ok:
+            return sel.provider, None, ""
+        why = "; ".join(f"{p}: {d}" for p, _, d in sel.skipped) or "no provider declared for history"
+        return NO_VALID_PROVIDER, ReasonCode.NO_VALID_PROVIDER, why
+    cap = matrix.providers.get(configured)
+    if cap is None:
+        return NO_VALID_PROVIDER, ReasonCode.NO_VALID_PROVIDER, f"unknown provider {configured!r}"
+    if configured not in entitled:  # §A4: an unentitled provider is never called
+        return NO_VALID_PROVIDER, ReasonCode.PROVIDER_NOT_ENTITLED, f"{configured}: set {cap.entitlement_env}"
+    if inst.resolved_class not in cap.asset_classes:
+        return NO_VALID_PROVIDER, ReasonCode.NO_VALID_PROVIDER, f"{configured} does not serve {inst.resolved_class}"
+    return configured, None, ""
+
+
+def ingest_universe(
+    *,
+    policies: Policies,
+    providers: Mapping[str, HistoryProvider],
+    configured_provider: str,
+    entitled: frozenset[str],
+    end: date,
+    archive_dir: Path,
+    symbols: list[str] | None = None,
+) -> IngestionOutcome:
+    """Fetch ``fetch_sessions`` sessions up to ``end`` for every universe symbol."""
+    universe = policies.universe
+    fetch_sessions = policies.quality.history.fetch_sessions
+    instruments = [i for i in universe.symbols if symbols is None or i.symbol in symbols]
+    asset_classes, calendars = universe.asset_classes, universe.calendars
+    timings = {"fetch": 0.0, "archive": 0.0, "normalize": 0.0}
+
+    plan: dict[str, list[tuple[Instrument, date]]] = {}
+    log_rows: list[dict[str, Any]] = []
+    for inst in instruments:
+        cal = inst.resolved_calendar
+        days = calendar_days_for_sessions(cal, end, fetch_sessions)
+        start = (pd.Timestamp(end) - pd.Timedelta(days=days - 1)).date()
+        name, reason, detail = resolve_provider_name(configured_provider, inst, days, policies, entitled)
+        if reason is not None or name not in providers:
+            log_rows.append(_log(inst, name, "FAILED", reason or ReasonCode.PROVIDER_NOT_AVAILABLE,
+                                 detail or f"no client configured for {name}", start, end))
+            continue
+        plan.setdefault(name, []).append((inst, start))
+
+    bars_parts: list[pd.DataFrame] = []
+    reject_parts: list[pd.DataFrame] = []
+    for name, items in plan.items():
+        provider = providers[name]
+        t0 = time.perf_counter()
+        results: dict[str, FetchResult | ProviderError] = {}
+        fetch_many = getattr(provider, "fetch_many", None)
+        if fetch_many is not None:
+            start_min = min(s for _, s in items)
+            try:
+                batch = fetch_many([InstrumentRequest(i.symbol, i.resolved_class) for i, _ in items], start_min, end)
+                results = {r.symbol: r for r in batch}
+            except ProviderError as exc:
+                results = {i.symbol: exc for i, _ in items}
+        else:
+            for inst, start in items:
+                try:
+                    results[inst.symbol] = provider.fetch_daily_bars(
+                        InstrumentRequest(inst.symbol, inst.resolved_class), start, end
+                    )
+                except ProviderError as exc:
+                    results[inst.symbol] = exc
+        timings["fetch"] += time.perf_counter() - t0
+
+        for inst, start in items:
+            res = results.get(inst.symbol)
+            if res is None:
+                log_rows.append(_log(inst, name, "FAILED", ReasonCode.PROVIDER_EMPTY_RESPONSE, "no result", start, end))
+                continue
+            if isinstance(res, ProviderError):
+                log_rows.append(_log(inst, name, "FAILED", res.reason_code, str(res), start, end))
+                continue
+            t1 = time.perf_counter()
+            raw_path = archive_raw(archive_dir, res)
+            t2 = time.perf_counter()
+            timings["archive"] += t2 - t1
+            try:
+                norm = normalize_raw_bars(
+                    res.frame, source=f"{name}:{inst.symbol}", provider=name,
+                    asset_classes=asset_classes, calendars=calendars, expected_symbol=inst.symbol,
+                )
+            except BarsInputError as exc:
+                log_rows.append(_log(inst, name, "FAILED", exc.reason_code, str(exc), start, end,
+                                     rows_received=len(res.frame), raw_path=raw_path))
+                continue
+            finally:
+                timings["normalize"] += time.perf_counter() - t2
+            window = norm.bars[(norm.bars["date"] >= pd.Timestamp(start)) & (norm.bars["date"] <= pd.Timestamp(end))]
+            bars_parts.append(window)
+            reject_parts.append(norm.rejects)
+            status = "OK" if len(window) else "FAILED"
+            log_rows.append(_log(
+                inst, name, status, None if len(window) else ReasonCode.PROVIDER_EMPTY_RESPONSE,
+                "" if len(window) else "no valid rows in the requested window", start, end,
+                rows_received=len(res.frame), rows_valid=len(window), rows_rejected=len(norm.rejects),
+                raw_path=raw_path,
+            ))
+
+    # Long files may carry symbols that are not in the universe: record, never ingest.
+    for name, provider in providers.items():
+        if name in plan and hasattr(provider, "symbols"):
+            unknown = sorted(set(provider.symbols()) - set(asset_classes))  # type: ignore[attr-defined]
+            reject_parts.append(pd.DataFrame({
+                "symbol": unknown, "date": "", "reason_code": str(ReasonCode.UNKNOWN_SYMBOL),
+                "detail": "symbol is not in the universe", "source": name, "provider": name,
+            }))
+        if name in plan and hasattr(provider, "file_errors"):
+            for err in provider.file_errors():  # type: ignore[attr-defined]
+                reject_parts.append(pd.DataFrame([{
+                    "symbol": "", "date": "", "reason_code": str(err.reason_code), "detail": str(err),
+                    "source": str(err.path), "provider": name,
+                }]))
+
+    bars = pd.concat(bars_parts, ignore_index=True) if bars_parts else pd.DataFrame()
+    rejects = pd.concat([r for r in reject_parts if not r.empty], ignore_index=True) if any(
+        not r.empty for r in reject_parts) else pd.DataFrame(columns=REJECT_COLUMNS)
+    rejects = rejects.reindex(columns=REJECT_COLUMNS).astype({c: str for c in REJECT_COLUMNS})
+    log = pd.DataFrame(log_rows, columns=LOG_COLUMNS)
+    lineage = {
+        name: getattr(providers[name], "lineage", {}) for name in plan
+    }
+    return IngestionOutcome(bars=bars, rejects=rejects, log=log, lineage=lineage, timings_s=timings)
+
+
+def _log(inst: Instrument, provider: str, status: str, reason: ReasonCode | None, detail: str,
+         start: date, end: date, *, rows_received: int = 0, rows_valid: int = 0, rows_rejected: int = 0,
+         raw_path: Path | None = None) -> dict[str, Any]:
+    return {
+        "symbol": inst.symbol, "asset_class": str(inst.resolved_class), "calendar": inst.resolved_calendar,
+        "provider": provider, "status": status, "reason_code": str(reason) if reason else "",
+        "detail": detail, "requested_start": str(start), "requested_end": str(end),
+        "rows_received": rows_received, "rows_valid": rows_valid, "rows_rejected": rows_rejected,
+        "raw_path": str(raw_path) if raw_path else "",
+    }

@@ -1,0 +1,166 @@
+"""The analytical warehouse (DuckDB): table layout and the few write patterns we allow.
+
+Plain functions over a DuckDB connection, no Dagster. Two write patterns only:
+
+* ``upsert_bars``: validated bars are inserted or replace the same (symbol, date); nothing is
+  ever deleted, so a bad or partial fetch can never lose stored history.
+* ``replace_partition``: a decision table's rows for one key (e.g. ``as_of``) are replaced
+  atomically, so re-materializing a partition is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import duckdb
+import pandas as pd
+
+BARS_DDL = """
+CREATE TABLE IF NOT EXISTS bars (
+    symbol VARCHAR NOT NULL,
+    date TIMESTAMP NOT NULL,
+    open DOUBLE NOT NULL,
+    high DOUBLE NOT NULL,
+    low DOUBLE NOT NULL,
+    close DOUBLE NOT NULL,
+    volume DOUBLE NOT NULL,
+    adj_close DOUBLE NOT NULL,
+    asset_class VARCHAR NOT NULL,
+    provider VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (symbol, date)
+)
+"""
+BAR_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "volume", "adj_close", "asset_class", "provider"]
+
+
+@dataclass(frozen=True)
+class UpsertStats:
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+def ensure_bars_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(BARS_DDL)
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [table]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def upsert_bars(con: duckdb.DuckDBPyConnection, bars: pd.DataFrame, run_id: str) -> UpsertStats:
+    """Insert new (symbol, date) rows and replace changed ones; never delete (see module doc)."""
+    ensure_bars_table(con)
+    if bars.empty:
+        return UpsertStats(0, 0, 0)
+    incoming = bars[BAR_COLUMNS].assign(run_id=run_id)
+    con.register("incoming_bars", incoming)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        inserted, updated, unchanged = con.execute(
+            """
+            SELECT
+              count(*) FILTER (WHERE b.symbol IS NULL),
+              count(*) FILTER (WHERE b.symbol IS NOT NULL AND (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
+                                 IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close)),
+              count(*) FILTER (WHERE b.symbol IS NOT NULL AND (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
+                                 IS NOT DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close))
+            FROM incoming_bars i LEFT JOIN bars b ON b.symbol = i.symbol AND b.date = i.date
+            """
+        ).fetchone()  # type: ignore[misc]
+        con.execute("INSERT OR REPLACE INTO bars BY NAME SELECT * FROM incoming_bars")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("incoming_bars")
+    return UpsertStats(int(inserted), int(updated), int(unchanged))
+
+
+def read_bars(
+    con: duckdb.DuckDBPyConnection,
+    symbols: Sequence[str] | None = None,
+    *,
+    end: date | pd.Timestamp | None = None,
+    start: date | pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Canonical bars, point in time: nothing dated after ``end`` is read."""
+    if not table_exists(con, "bars"):
+        return pd.DataFrame(columns=BAR_COLUMNS)
+    where, params = [], []
+    if symbols is not None:
+        where.append("list_contains(?, symbol)")
+        params.append(list(symbols))
+    if end is not None:
+        where.append("date <= ?")
+        params.append(pd.Timestamp(end).to_pydatetime())
+    if start is not None:
+        where.append("date >= ?")
+        params.append(pd.Timestamp(start).to_pydatetime())
+    sql = f"SELECT {', '.join(BAR_COLUMNS)} FROM bars"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    frame = con.execute(sql + " ORDER BY symbol, date", params).df()
+    frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
+    return frame
+
+
+def replace_partition(
+    con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, key: str, value: object
+) -> int:
+    """Atomically replace the rows of ``table`` whose ``key`` equals ``value`` with ``frame``."""
+    frame = frame.copy()
+    frame[key] = value
+    con.register("incoming_partition", frame)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        if not table_exists(con, table):
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming_partition LIMIT 0')
+        else:
+            existing = {r[0] for r in con.execute(f"DESCRIBE \"{table}\"").fetchall()}
+            for col in frame.columns:
+                if col not in existing:  # additive schema evolution only
+                    dtype = con.execute(
+                        f"SELECT typeof(\"{col}\") FROM incoming_partition LIMIT 1"
+                    ).fetchone()
+                    con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{col}" {dtype[0] if dtype else "VARCHAR"}')
+        con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
+        con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_partition')
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("incoming_partition")
+    return len(frame)
+
+
+def append_rows(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> int:
+    """Append-only tables (ingestion log, rejects): create on first use, then insert by name."""
+    if frame.empty:
+        return 0
+    con.register("incoming_rows", frame)
+    try:
+        if not table_exists(con, table):
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming_rows')
+        else:
+            con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_rows')
+    finally:
+        con.unregister("incoming_rows")
+    return len(frame)
+
+
+def read_table(
+    con: duckdb.DuckDBPyConnection, table: str, where: str = "", params: Iterable[object] = ()
+) -> pd.DataFrame:
+    if not table_exists(con, table):
+        return pd.DataFrame()
+    sql = f'SELECT * FROM "{table}"' + (f" WHERE {where}" if where else "")
+    return con.execute(sql, list(params)).df()

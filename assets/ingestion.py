@@ -1,0 +1,153 @@
+"""Nightly ingestion (§B1–B2): ``raw_daily_bars`` → ``daily_bars``, with blocking schema checks."""
+
+
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from ais_pipelines.core.calendars import last_n_sessions
+from ais_pipelines.core.schemas import CanonicalBarsSchema
+from ais_pipelines.ingestion import ingest_universe
+from ais_pipelines.warehouse import read_bars, read_table, upsert_bars
+from assets._common import md_table, schema_check
+from resources.clock import ClockResource
+from resources.market_data import MarketDataResource
+from resources.policies import PoliciesResource
+from resources.runtime import RuntimeResource
+
+STAGING_TABLE = "staging_bars"
+
+
+class IngestionConfig(dg.Config):
+    """Run config: the as-of session (default: the provider's latest completed session)."""
+
+    end: str | None = None
+    symbols: list[str] | None = None
+
+
+def resolve_end(config_end: str | None, provider: str, policies, clock: ClockResource) -> date:
+    if config_end:
+        return pd.Timestamp(config_end).date()
+    if provider == "sample":
+        return policies.providers.sample.end_session
+    # Real providers: the last XNYS session that has closed (yesterday's, before the close).
+    now = pd.Timestamp(clock.now()).tz_convert("America/New_York")
+    return last_n_sessions("XNYS", (now - pd.Timedelta(hours=18)).normalize().tz_localize(None), 1)[0].date()
+
+
+@dg.asset(
+    group_name="ingestion",
+    kinds={"python", "duckdb"},
+    pool="duckdb",
+    description="Daily bars fetched from the configured provider, archived raw, normalized; "
+    "rows that fail structural rules are rejected with reason codes (table bar_rejects).",
+)
+def raw_daily_bars(
+    context: dg.AssetExecutionContext,
+    config: IngestionConfig,
+    policies: PoliciesResource,
+    market_data: MarketDataResource,
+    warehouse: DuckDBResource,
+    runtime: RuntimeResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    pol = policies.load()
+    configured, providers = market_data.providers_for_run(pol)
+    end = resolve_end(config.end, configured, pol, clock)
+    archive = runtime.raw_archive_dir(context.run_id)
+    outcome = ingest_universe(
+        policies=pol, providers=providers, configured_provider=configured,
+        entitled=market_data.entitled(pol), end=end, archive_dir=archive, symbols=config.symbols,
+    )
+    stamp = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    with warehouse.get_connection() as con:
+        bars = outcome.bars if not outcome.bars.empty else pd.DataFrame(columns=[
+            "symbol", "date", "open", "high", "low", "close", "volume", "adj_close", "asset_class", "provider"])
+        con.register("staging_in", bars.assign(run_id=context.run_id))
+        con.execute(f"CREATE OR REPLACE TABLE {STAGING_TABLE} AS SELECT * FROM staging_in")
+        con.unregister("staging_in")
+        from ais_pipelines.warehouse import append_rows
+
+        append_rows(con, "bar_rejects", outcome.rejects.assign(run_id=context.run_id, ingested_at=stamp))
+        append_rows(con, "ingestion_log", outcome.log.assign(run_id=context.run_id, ingested_at=stamp, as_of=end))
+
+    failed = outcome.log[outcome.log["status"] != "OK"]
+    if outcome.bars.empty:
+        # System-level fault: nothing delivered. The log above says why for every symbol.
+        reasons = failed.groupby("reason_code").size().to_dict()
+        raise dg.Failure(
+            description=f"no symbol delivered valid bars (provider {configured}): {reasons}",
+            metadata={"failed_symbols": md_table(failed[["symbol", "provider", "reason_code", "detail"]])},
+        )
+    by_reason = outcome.rejects.groupby("reason_code").size().rename("rows").reset_index()
+    synthetic = any(lin.get("synthetic") for lin in outcome.lineage.values() if isinstance(lin, dict))
+    return dg.MaterializeResult(
+        metadata={
+            "as_of": str(end),
+            "provider": configured,
+            "synthetic_data": synthetic,
+            "lineage": dg.MetadataValue.json(outcome.lineage),
+            "symbols_requested": len(outcome.log),
+            "symbols_failed": len(failed),
+            "rows_valid": len(outcome.bars),
+            "rows_rejected": len(outcome.rejects),
+            "raw_archive": dg.MetadataValue.path(str(archive)),
+            "failed_symbols": md_table(failed[["symbol", "provider", "reason_code", "detail"]]),
+            "rejects_by_reason": md_table(by_reason),
+            "per_symbol": md_table(outcome.log[["symbol", "provider", "status", "rows_received", "rows_valid",
+                                                "rows_rejected", "reason_code"]], max_rows=60),
+            "seconds_fetch": round(outcome.timings_s.get("fetch", 0.0), 3),
+            "seconds_normalize": round(outcome.timings_s.get("normalize", 0.0), 3),
+        }
+    )
+
+
+@dg.asset_check(asset=raw_daily_bars, blocking=True, description="Staged bars satisfy CanonicalBarsSchema.")
+def raw_bars_schema(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        frame = read_table(con, STAGING_TABLE)
+    if not frame.empty:
+        frame = frame.drop(columns=["run_id"])
+        frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
+    return schema_check(CanonicalBarsSchema, frame, what="staging_bars (this run)")
+
+
+@dg.asset(
+    group_name="ingestion",
+    deps=[raw_daily_bars],
+    kinds={"duckdb"},
+    pool="duckdb",
+    description="Canonical validated daily bars with their asset class. Upsert only: stored history is "
+    "never deleted, so a bad or partial fetch cannot lose data.",
+)
+def daily_bars(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    with warehouse.get_connection() as con:
+        staged = read_table(con, STAGING_TABLE)
+        if not staged.empty:
+            staged["date"] = pd.to_datetime(staged["date"]).astype("datetime64[ns]")
+        run_id = str(staged["run_id"].iloc[0]) if not staged.empty else context.run_id
+        stats = upsert_bars(con, staged.drop(columns=["run_id"], errors="ignore"), run_id)
+        summary = con.execute(
+            "SELECT asset_class, count(DISTINCT symbol) AS symbols, count(*) AS rows, "
+            "min(date)::DATE AS first, max(date)::DATE AS last FROM bars GROUP BY 1 ORDER BY 1"
+        ).df()
+        total = int(con.execute("SELECT count(*) FROM bars").fetchone()[0])  # type: ignore[index]
+    return dg.MaterializeResult(
+        metadata={
+            "rows_total": total,
+            "rows_inserted": stats.inserted,
+            "rows_updated": stats.updated,
+            "rows_unchanged": stats.unchanged,
+            "by_asset_class": md_table(summary),
+            "dagster/row_count": total,
+        }
+    )
+
+
+@dg.asset_check(asset=daily_bars, blocking=True, description="Stored bars satisfy CanonicalBarsSchema.")
+def daily_bars_schema(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        frame = read_bars(con)
+    return schema_check(CanonicalBarsSchema, frame, what="bars (warehouse)")

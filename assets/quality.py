@@ -1,0 +1,163 @@
+"""Data quality (§B3–B5): per-symbol flags, score and the two tradability gates as checks."""
+
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from ais_pipelines.config import Policies
+from ais_pipelines.core.quality import QualityParams, assess_quality, unavailable_quality_rows
+from ais_pipelines.core.schemas import DataQualitySchema
+from ais_pipelines.warehouse import read_bars, read_table, replace_partition
+from assets._common import md_table, schema_check, symbols_md
+from assets.ingestion import daily_bars
+from resources.policies import PoliciesResource
+from resources.runtime import RuntimeResource
+
+QUALITY_TABLE = "data_quality"
+
+
+def quality_params(pol: Policies) -> QualityParams:
+    q = pol.quality
+    return QualityParams(
+        spike_sigma=q.score.spike_sigma,
+        stale_min_run=q.score.stale_min_run,
+        split_tolerance=q.score.split_tolerance,
+        weights=dict(q.score.weights),
+        invalid_below=q.score.invalid_below,
+        min_valid_sessions=q.history.min_valid_sessions,
+    )
+
+
+def latest_ingestion(con) -> tuple[str | None, pd.Timestamp | None]:
+    log = read_table(con, "ingestion_log")
+    if log.empty:
+        return None, None
+    last = log.sort_values("ingested_at").iloc[-1]
+    return str(last["run_id"]), pd.Timestamp(last["as_of"])
+
+
+def read_latest_quality(con) -> pd.DataFrame:
+    table = read_table(con, QUALITY_TABLE)
+    if table.empty:
+        return table
+    return table[table["as_of"] == table["as_of"].max()].reset_index(drop=True)
+
+
+@dg.asset(
+    group_name="quality",
+    deps=[daily_bars],
+    kinds={"python", "duckdb"},
+    pool="duckdb",
+    description="One row per symbol: every §B3 flag count and rate, DATA_QUALITY_SCORE, status "
+    "(VALID / INVALID_DATA / INSUFFICIENT_HISTORY) and reason codes. Invalid symbols are stored and "
+    "shown but excluded downstream.",
+)
+def data_quality(policies: PoliciesResource, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    pol = policies.load()
+    universe = pol.universe
+    with warehouse.get_connection() as con:
+        run_id, as_of = latest_ingestion(con)
+        if as_of is None:
+            raise dg.Failure("no ingestion has run: materialize raw_daily_bars first")
+        bars = read_bars(con, [i.symbol for i in universe.symbols], end=as_of)
+        rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
+        rejects = rejects[rejects["symbol"].isin(universe.asset_classes)] if not rejects.empty else rejects
+        params = quality_params(pol)
+        table = assess_quality(bars, rejects, as_of.date(), params, universe.calendars, universe.asset_classes)
+        # Symbols the provider could not deliver at all still get a row: never silently absent.
+        log = read_table(con, "ingestion_log", "run_id = ?", [run_id])
+        missing = sorted(set(universe.asset_classes) - set(table["symbol"]))
+        if missing:
+            reasons = {k: v for k, v in log.set_index("symbol")["reason_code"].items() if v} if not log.empty else {}
+            absent = unavailable_quality_rows(
+                missing, as_of.date(), asset_classes=universe.asset_classes, calendars=universe.calendars,
+                reason_codes=reasons, params=params,
+            )
+            table = pd.concat([table, absent], ignore_index=True)
+        replace_partition(con, QUALITY_TABLE, table, "as_of", as_of.date())
+    counts = table["status"].value_counts().to_dict()
+    worst = table.sort_values("data_quality_score").head(15)
+    return dg.MaterializeResult(
+        metadata={
+            "as_of": str(as_of.date()),
+            "symbols": len(table),
+            "valid": int(counts.get("VALID", 0)),
+            "invalid_data": int(counts.get("INVALID_DATA", 0)),
+            "insufficient_history": int(counts.get("INSUFFICIENT_HISTORY", 0)),
+            "mean_score": float(table["data_quality_score"].mean()),
+            "min_score": float(table["data_quality_score"].min()),
+            "worst_symbols": md_table(worst[["symbol", "asset_class", "data_quality_score", "status",
+                                             "valid_sessions", "reason_codes"]]),
+            "dagster/row_count": len(table),
+        }
+    )
+
+
+def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> dg.AssetCheckResult:
+    excluded = table[table["status"] == status]
+    tradable = int(table["tradable"].sum())
+    # Symbol-level faults exclude the symbol (WARN); a universe with too few tradable symbols
+    # is a system-level fault (ERROR, blocks everything downstream).
+    enough = tradable >= minimum
+    return dg.AssetCheckResult(
+        passed=excluded.empty,
+        severity=dg.AssetCheckSeverity.WARN if enough else dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "excluded": len(excluded),
+            "excluded_symbols": symbols_md(sorted(excluded["symbol"])),
+            "tradable_symbols": tradable,
+            "min_tradable_symbols": minimum,
+            "detail": md_table(excluded[["symbol", "data_quality_score", "valid_sessions", "reason_codes"]]),
+            "gate": label,
+        },
+    )
+
+
+@dg.asset_check(asset=data_quality, blocking=True,
+                description="§B4: DATA_QUALITY_SCORE ≥ 0.6, else INVALID_DATA (excluded, never traded).")
+def quality_gate(policies: PoliciesResource, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        table = read_latest_quality(con)
+    return _gate_result(table, "INVALID_DATA", policies.load().quality.gate.min_tradable_symbols, "quality")
+
+
+@dg.asset_check(asset=data_quality, blocking=True,
+                description="§B5: ≥ 1260 valid sessions, else INSUFFICIENT_HISTORY (excluded).")
+def history_gate(policies: PoliciesResource, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        table = read_latest_quality(con)
+    return _gate_result(table, "INSUFFICIENT_HISTORY", policies.load().quality.gate.min_tradable_symbols, "history")
+
+
+@dg.asset_check(asset=data_quality, blocking=True, description="The quality table satisfies DataQualitySchema.")
+def data_quality_schema(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        table = read_latest_quality(con)
+    return schema_check(DataQualitySchema, table.drop(columns=["as_of"], errors="ignore"), what="data_quality")
+
+
+@dg.asset(
+    group_name="quality",
+    deps=[daily_bars, data_quality],
+    kinds={"great_expectations"},
+    description="Great Expectations Data Docs over the bars and the quality table: the data-quality "
+    "report for governance.",
+)
+def data_quality_report(
+    policies: PoliciesResource, warehouse: DuckDBResource, runtime: RuntimeResource
+) -> dg.MaterializeResult:
+    from ais_pipelines.reports.data_docs import data_docs_from_warehouse
+
+    out = runtime.reports_dir() / "data_docs"
+    with warehouse.get_connection() as con:
+        result = data_docs_from_warehouse(con, policies.load(), out)
+    rows = pd.DataFrame([{"suite": k, **v} for k, v in result.suites.items()])
+    return dg.MaterializeResult(
+        metadata={
+            "data_docs": dg.MetadataValue.path(str(result.index_path.resolve())),
+            "data_docs_url": dg.MetadataValue.url(result.index_path.resolve().as_uri()),
+            "bars_suite_passed": result.success,
+            "suites": md_table(rows),
+        }
+    )

@@ -1,0 +1,1 @@
+"""Stub HTTP servers that answer in real wire formats, for integration tests."""
