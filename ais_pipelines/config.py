@@ -211,6 +211,101 @@ class SchedulesPolicy(_Strict):
     intraday: IntradaySchedule = IntradaySchedule()
 
 
+# --- models (§C, §D) ----------------------------------------------------------------------
+class RegimePolicy(_Strict):
+    crisis_threshold: float = Field(default=0.15, gt=0, lt=1)
+    min_exposure_scale: float = Field(default=0.0, ge=0, le=1)
+    horizon_sessions: int = Field(default=5, ge=1)
+    seed: int = 0
+    min_obs: int = Field(default=250, ge=50)
+
+
+class ForecastPolicy(_Strict):
+    horizon: int = Field(default=5, ge=1)
+    fit_lookback: int = Field(default=756, ge=60)
+    disagreement_beta: float = Field(default=100.0, ge=0)
+    strength_full: float = Field(default=0.05, gt=0)
+    t_dof: float = Field(default=5.0, gt=2)
+
+
+class DecayPolicy(_Strict):
+    full_until_days: int = Field(default=30, ge=0)
+    expire_days: int = Field(default=120, gt=0)
+    error_window: int = Field(default=63, ge=5)
+    error_tolerance: float = Field(default=1.3, gt=0)
+    error_floor: float = Field(default=0.25, ge=0, le=1)
+    autocorr_window: int = Field(default=63, ge=10)
+    flip_factor: float = Field(default=0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> DecayPolicy:
+        if self.expire_days <= self.full_until_days:
+            raise ValueError(f"expire_days ({self.expire_days}) must exceed full_until_days ({self.full_until_days})")
+        return self
+
+
+class RefitPolicy(_Strict):
+    cadence: str = "monthly"
+    cron: str = "0 20 1 * *"
+
+
+class ModelsPolicy(_Strict):
+    regime: RegimePolicy = RegimePolicy()
+    forecasts: ForecastPolicy = ForecastPolicy()
+    decay: DecayPolicy = DecayPolicy()
+    refit: RefitPolicy = RefitPolicy()
+
+
+# --- strategies and lifecycle (§E) -----------------------------------------------------------
+class StrategySpec(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    model: Literal["momentum", "mean_reversion", "regime_mean"]
+    inception: date
+    min_signal: float = 0.0
+
+
+class LifecyclePolicy(_Strict):
+    nav_caps: dict[Literal["INCUBATING", "SCALING", "HARVESTING", "DECOMMISSIONED"], float]
+    min_evaluation_days: int = Field(default=60, ge=1)
+    promote_sharpe: float = 1.0
+    promote_max_drawdown: float = Field(default=0.05, gt=0)
+    promote_profit_factor: float = Field(default=1.3, gt=0)
+    max_error_rate: float = Field(default=0.02, ge=0, le=1)
+    demote_sharpe: float = 0.0
+    demote_drawdown: float = Field(default=0.08, gt=0)
+    decommission_drawdown: float = Field(default=0.15, gt=0)
+    decommission_error_rate: float = Field(default=0.10, gt=0, le=1)
+    decommission_sharpe: float = -1.0
+    decay_per_session: float = Field(default=0.01, ge=0, lt=1)
+    decay_floor: float = Field(default=0.25, ge=0, le=1)
+
+    @field_validator("nav_caps")
+    @classmethod
+    def _caps(cls, v: dict[str, float]) -> dict[str, float]:
+        missing = {"INCUBATING", "SCALING", "HARVESTING", "DECOMMISSIONED"} - set(v)
+        if missing:
+            raise ValueError(f"missing caps for {sorted(missing)}")
+        if v["DECOMMISSIONED"] != 0:
+            raise ValueError(f"DECOMMISSIONED cap must be 0, got {v['DECOMMISSIONED']}")
+        for k, cap in v.items():
+            if not 0 <= cap <= 1:
+                raise ValueError(f"{k} cap must be in [0, 1], got {cap}")
+        return v
+
+
+class StrategiesPolicy(_Strict):
+    strategies: list[StrategySpec] = Field(min_length=1)
+    lifecycle: LifecyclePolicy
+
+    @model_validator(mode="after")
+    def _unique(self) -> StrategiesPolicy:
+        ids = [s.id for s in self.strategies]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate strategy ids {sorted(dup)}")
+        return self
+
+
 # --- loading -------------------------------------------------------------------------------
 M = TypeVar("M", bound=BaseModel)
 
@@ -270,10 +365,20 @@ class Policies:
     def schedules(self) -> SchedulesPolicy:
         return load_policy_file(self.path("schedules.yaml"), SchedulesPolicy)
 
+    @cached_property
+    def models(self) -> ModelsPolicy:
+        return load_policy_file(self.path("models.yaml"), ModelsPolicy)
+
+    @cached_property
+    def strategies(self) -> StrategiesPolicy:
+        return load_policy_file(self.path("strategies.yaml"), StrategiesPolicy)
+
+    FILES: tuple[str, ...] = ("universe", "providers", "quality", "schedules", "models", "strategies")
+
     def validate_all(self) -> list[str]:
         """Load every file now; returns the names loaded (raises on the first bad one)."""
         loaded = []
-        for name in ("universe", "providers", "quality", "schedules"):
+        for name in self.FILES:
             getattr(self, name)
             loaded.append(name)
         return loaded

@@ -42,29 +42,36 @@ def resources_for(env: str, runtime_root: str) -> dict[str, object]:
 
 
 def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
-    from assets import ingestion, quality
+    from assets import ingestion, intelligence, quality
 
     env = env or os.environ.get("AIS_ENV", "local")
     root = runtime_root or os.environ.get("AIS_RUNTIME_DIR", "runtime")
     policies = Policies()
 
-    asset_modules = [ingestion, quality]
+    asset_modules = [ingestion, quality, intelligence]
     assets = dg.load_assets_from_modules(asset_modules)
     checks = dg.load_asset_checks_from_modules(asset_modules)
 
     nightly_job = dg.define_asset_job(
         "nightly_job",
-        selection=dg.AssetSelection.groups("ingestion", "quality"),
-        description="Nightly: ingest → quality (and, as they land, the downstream decision assets).",
+        selection=dg.AssetSelection.groups("ingestion", "quality", "intelligence"),
+        description="Nightly, for as-of session D: ingest → quality → features → regime → forecasts → "
+        "decay → lifecycle → candidates.",
         executor_def=dg.in_process_executor,
     )
-    from sensors.schedules import nightly_schedule
+    refit_job = dg.define_asset_job(
+        "model_refit_job",
+        selection=dg.AssetSelection.groups("models").upstream(),
+        description="Refit the forecast models on history up to D (their fit date). Own job, own cadence.",
+        executor_def=dg.in_process_executor,
+    )
+    from sensors.schedules import nightly_schedule, refit_schedule
 
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[nightly_job],
-        schedules=[nightly_schedule(nightly_job, policies)],
+        jobs=[nightly_job, refit_job],
+        schedules=[nightly_schedule(nightly_job, policies), refit_schedule(refit_job, policies)],
         resources=resources_for(env, root),
     )
 

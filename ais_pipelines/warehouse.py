@@ -47,10 +47,16 @@ def ensure_bars_table(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(BARS_DDL)
 
 
+def fetch_one(con: duckdb.DuckDBPyConnection, sql: str, params: Iterable[object] = ()) -> tuple:
+    """One row, with the result fully consumed (DuckDB refuses new work on a half-read result)."""
+    rows = con.execute(sql, list(params)).fetchall()
+    return rows[0] if rows else ()
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [table]
-    ).fetchone()
+    row = fetch_one(
+        con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'", [table]
+    )
     return bool(row and row[0])
 
 
@@ -63,7 +69,8 @@ def upsert_bars(con: duckdb.DuckDBPyConnection, bars: pd.DataFrame, run_id: str)
     con.register("incoming_bars", incoming)
     try:
         con.execute("BEGIN TRANSACTION")
-        inserted, updated, unchanged = con.execute(
+        inserted, updated, unchanged = fetch_one(
+            con,
             """
             SELECT
               count(*) FILTER (WHERE b.symbol IS NULL),
@@ -72,8 +79,8 @@ def upsert_bars(con: duckdb.DuckDBPyConnection, bars: pd.DataFrame, run_id: str)
               count(*) FILTER (WHERE b.symbol IS NOT NULL AND (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
                                  IS NOT DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close))
             FROM incoming_bars i LEFT JOIN bars b ON b.symbol = i.symbol AND b.date = i.date
-            """
-        ).fetchone()  # type: ignore[misc]
+            """,
+        )
         con.execute("INSERT OR REPLACE INTO bars BY NAME SELECT * FROM incoming_bars")
         con.execute("COMMIT")
     except Exception:
@@ -127,9 +134,7 @@ def replace_partition(
             existing = {r[0] for r in con.execute(f"DESCRIBE \"{table}\"").fetchall()}
             for col in frame.columns:
                 if col not in existing:  # additive schema evolution only
-                    dtype = con.execute(
-                        f"SELECT typeof(\"{col}\") FROM incoming_partition LIMIT 1"
-                    ).fetchone()
+                    dtype = fetch_one(con, f"SELECT typeof(\"{col}\") FROM incoming_partition LIMIT 1")
                     con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{col}" {dtype[0] if dtype else "VARCHAR"}')
         con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
         con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_partition')

@@ -10,7 +10,7 @@ from dagster_duckdb import DuckDBResource
 from ais_pipelines.core.calendars import last_n_sessions
 from ais_pipelines.core.schemas import CanonicalBarsSchema
 from ais_pipelines.ingestion import ingest_universe
-from ais_pipelines.warehouse import read_bars, read_table, upsert_bars
+from ais_pipelines.warehouse import fetch_one, read_bars, read_table, upsert_bars
 from assets._common import md_table, schema_check
 from resources.clock import ClockResource
 from resources.market_data import MarketDataResource
@@ -27,9 +27,13 @@ class IngestionConfig(dg.Config):
     symbols: list[str] | None = None
 
 
-def resolve_end(config_end: str | None, provider: str, policies, clock: ClockResource) -> date:
+def resolve_end(config_end: str | None, provider: str, policies, clock: ClockResource,
+                partition: str | None = None) -> date:
+    """Explicit config, else the run's as-of partition, else the provider's latest session."""
     if config_end:
         return pd.Timestamp(config_end).date()
+    if partition:
+        return pd.Timestamp(partition).date()
     if provider == "sample":
         return policies.providers.sample.end_session
     # Real providers: the last XNYS session that has closed (yesterday's, before the close).
@@ -55,7 +59,7 @@ def raw_daily_bars(
 ) -> dg.MaterializeResult:
     pol = policies.load()
     configured, providers = market_data.providers_for_run(pol)
-    end = resolve_end(config.end, configured, pol, clock)
+    end = resolve_end(config.end, configured, pol, clock, context.run.tags.get("dagster/partition"))
     archive = runtime.raw_archive_dir(context.run_id)
     outcome = ingest_universe(
         policies=pol, providers=providers, configured_provider=configured,
@@ -133,7 +137,7 @@ def daily_bars(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> 
             "SELECT asset_class, count(DISTINCT symbol) AS symbols, count(*) AS rows, "
             "min(date)::DATE AS first, max(date)::DATE AS last FROM bars GROUP BY 1 ORDER BY 1"
         ).df()
-        total = int(con.execute("SELECT count(*) FROM bars").fetchone()[0])  # type: ignore[index]
+        total = int(fetch_one(con, "SELECT count(*) FROM bars")[0])
     return dg.MaterializeResult(
         metadata={
             "rows_total": total,

@@ -11,6 +11,7 @@ from ais_pipelines.core.schemas import DataQualitySchema
 from ais_pipelines.warehouse import read_bars, read_table, replace_partition
 from assets._common import md_table, schema_check, symbols_md
 from assets.ingestion import daily_bars
+from assets.partitions import as_of_partitions, partition_as_of
 from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
 
@@ -29,37 +30,39 @@ def quality_params(pol: Policies) -> QualityParams:
     )
 
 
-def latest_ingestion(con) -> tuple[str | None, pd.Timestamp | None]:
+def latest_ingestion(con, as_of: pd.Timestamp) -> str | None:
+    """The newest ingestion run whose as-of covers ``as_of`` (its rejects are the evidence)."""
     log = read_table(con, "ingestion_log")
     if log.empty:
-        return None, None
-    last = log.sort_values("ingested_at").iloc[-1]
-    return str(last["run_id"]), pd.Timestamp(last["as_of"])
+        return None
+    log = log[pd.to_datetime(log["as_of"]) >= as_of]
+    return None if log.empty else str(log.sort_values("ingested_at").iloc[-1]["run_id"])
 
 
-def read_latest_quality(con) -> pd.DataFrame:
-    table = read_table(con, QUALITY_TABLE)
-    if table.empty:
-        return table
-    return table[table["as_of"] == table["as_of"].max()].reset_index(drop=True)
+def read_quality(con, as_of: pd.Timestamp) -> pd.DataFrame:
+    return read_table(con, QUALITY_TABLE, "as_of = ?", [as_of.date()])
 
 
 @dg.asset(
     group_name="quality",
     deps=[daily_bars],
+    partitions_def=as_of_partitions,
     kinds={"python", "duckdb"},
     pool="duckdb",
     description="One row per symbol: every §B3 flag count and rate, DATA_QUALITY_SCORE, status "
     "(VALID / INVALID_DATA / INSUFFICIENT_HISTORY) and reason codes. Invalid symbols are stored and "
     "shown but excluded downstream.",
 )
-def data_quality(policies: PoliciesResource, warehouse: DuckDBResource) -> dg.MaterializeResult:
+def data_quality(
+    context: dg.AssetExecutionContext, policies: PoliciesResource, warehouse: DuckDBResource
+) -> dg.MaterializeResult:
     pol = policies.load()
     universe = pol.universe
+    as_of = partition_as_of(context)
     with warehouse.get_connection() as con:
-        run_id, as_of = latest_ingestion(con)
-        if as_of is None:
-            raise dg.Failure("no ingestion has run: materialize raw_daily_bars first")
+        run_id = latest_ingestion(con, as_of)
+        if run_id is None:
+            raise dg.Failure(f"no ingestion covers {as_of.date()}: materialize raw_daily_bars first")
         bars = read_bars(con, [i.symbol for i in universe.symbols], end=as_of)
         rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
         rejects = rejects[rejects["symbol"].isin(universe.asset_classes)] if not rejects.empty else rejects
@@ -114,26 +117,31 @@ def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> 
     )
 
 
-@dg.asset_check(asset=data_quality, blocking=True,
+@dg.asset_check(asset=data_quality, blocking=True, partitions_def=as_of_partitions,
                 description="§B4: DATA_QUALITY_SCORE ≥ 0.6, else INVALID_DATA (excluded, never traded).")
-def quality_gate(policies: PoliciesResource, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+def quality_gate(
+    context: dg.AssetCheckExecutionContext, policies: PoliciesResource, warehouse: DuckDBResource
+) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:
-        table = read_latest_quality(con)
+        table = read_quality(con, partition_as_of(context))
     return _gate_result(table, "INVALID_DATA", policies.load().quality.gate.min_tradable_symbols, "quality")
 
 
-@dg.asset_check(asset=data_quality, blocking=True,
+@dg.asset_check(asset=data_quality, blocking=True, partitions_def=as_of_partitions,
                 description="§B5: ≥ 1260 valid sessions, else INSUFFICIENT_HISTORY (excluded).")
-def history_gate(policies: PoliciesResource, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+def history_gate(
+    context: dg.AssetCheckExecutionContext, policies: PoliciesResource, warehouse: DuckDBResource
+) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:
-        table = read_latest_quality(con)
+        table = read_quality(con, partition_as_of(context))
     return _gate_result(table, "INSUFFICIENT_HISTORY", policies.load().quality.gate.min_tradable_symbols, "history")
 
 
-@dg.asset_check(asset=data_quality, blocking=True, description="The quality table satisfies DataQualitySchema.")
-def data_quality_schema(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+@dg.asset_check(asset=data_quality, blocking=True, partitions_def=as_of_partitions,
+                description="The quality table satisfies DataQualitySchema.")
+def data_quality_schema(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as con:
-        table = read_latest_quality(con)
+        table = read_quality(con, partition_as_of(context))
     return schema_check(DataQualitySchema, table.drop(columns=["as_of"], errors="ignore"), what="data_quality")
 
 

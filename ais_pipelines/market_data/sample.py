@@ -31,6 +31,9 @@ Model (all returns are log returns)
   in the crisis); the crypto sector factor keeps full variance at weekends. **Idiosyncratic**
   Student-t noise (ν 4-6 by asset class) scales with state^0.25. Target volatilities: FX
   6-10 %/yr, stocks 18-42 %, commodities 20-30 %, crypto 50-90 %.
+* A planted, slowly mean-reverting expected return per symbol (AR(1), half-life about six
+  months, 15 %/yr dispersion for stocks): the predictable part that gives time-series
+  momentum, so the forecast models have something real to find. Synthetic by design.
 * Per-symbol parameters (beta, sector loading, total volatility by asset class, drift,
   starting price, average daily dollar volume) and all per-symbol noise come from a generator
   seeded by ``sha256(seed, symbol)``: a symbol's path does not depend on the rest of the
@@ -361,6 +364,27 @@ class _SymbolParams:
     adv_dollars: float
 
 
+# Persistent expected-return dispersion (annualised std of the latent alpha) per asset class.
+# Real markets show time-series momentum because expected returns drift slowly; a synthetic
+# market without it would give the forecast models nothing to find. Half-life ~ 6 months.
+_ALPHA_STD = {AssetClass.STOCKS: 0.25, AssetClass.FX: 0.04, AssetClass.CRYPTO: 0.40, AssetClass.COMMODITIES: 0.12}
+_ALPHA_HALF_LIFE_SESSIONS = 252.0
+
+
+def _planted_alpha(seed: int, inst: SampleInstrument, n: int) -> np.ndarray:
+    """An AR(1) latent annual alpha path per symbol (its own RNG stream: universe-independent)."""
+    rng = _rng(seed, "alpha", inst.symbol)
+    phi = 0.5 ** (1.0 / _ALPHA_HALF_LIFE_SESSIONS)
+    sd = _ALPHA_STD[AssetClass(inst.asset_class)]
+    shocks = rng.standard_normal(n) * sd * math.sqrt(1.0 - phi * phi)
+    out = np.empty(n)
+    a = sd * rng.standard_normal()
+    for t in range(n):
+        a = phi * a + shocks[t]
+        out[t] = a
+    return out
+
+
 def _symbol_params(inst: SampleInstrument, rng: np.random.Generator) -> _SymbolParams:
     # Always draw the same number of uniforms in the same order, whatever the class, so the
     # stream of noise that follows is laid out identically for every symbol.
@@ -663,6 +687,7 @@ def generate_sample_bars(
         sec_var = svol**2 * (sector_w[inst.sector][cur_i] - sector_w[inst.sector][prev_i])
         dates[:, j] = sess.to_numpy()
         r[:, j] = p.beta * mkt + p.loading * sec + idio_sd * idio_z[:, j] + p.drift_annual / spy
+        r[:, j] += _planted_alpha(seed, inst, n) / spy
         sig[:, j] = np.sqrt(p.beta**2 * mkt_var + p.loading**2 * sec_var + idio_sd**2)
         state_s[:, j] = st
 

@@ -35,9 +35,13 @@ def make_resources(policies_dir: Path, runtime_root: Path, **market) -> dict[str
     }
 
 
+AS_OF = "2026-11-20"
+
+
 def run(policies_dir: Path, runtime_root: Path, **market) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*ASSETS, *CHECKS],
+        partition_key=AS_OF,
         resources=make_resources(policies_dir, runtime_root, **market),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,

@@ -27,7 +27,7 @@ def _edit(path: Path, fn) -> None:
 
 def test_shipped_policies_are_valid():
     p = Policies()
-    assert p.validate_all() == ["universe", "providers", "quality", "schedules"]
+    assert p.validate_all()[:6] == ["universe", "providers", "quality", "schedules", "models", "strategies"]
     assert p.quality.history.min_valid_sessions == 1260
     assert p.quality.score.invalid_below == 0.6
     assert p.universe.asset_classes["BTC/USD"] == AssetClass.CRYPTO
