@@ -8,7 +8,7 @@ that could not be read).
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -306,6 +306,42 @@ class StrategiesPolicy(_Strict):
         return self
 
 
+# --- mandate and risk (§F, §G, §H3) ---------------------------------------------------------
+class EventBlackout(_Strict):
+    symbol: str
+    start: datetime
+    end: datetime
+    why: str = ""
+
+
+class MandatePolicy(_Strict):
+    nav: float = Field(gt=0)
+    allowed_asset_classes: list[AssetClass]
+    denied_symbols: list[str] = []
+    max_gross_exposure: float = Field(default=1.0, gt=0, le=1.0)
+    max_position_weight: float = Field(default=0.05, gt=0, le=1)
+    max_adv_participation: float = Field(default=0.05, gt=0, le=1)
+    min_order_notional: float = Field(default=100.0, ge=0)
+    event_blackouts: list[EventBlackout] = []
+
+    def symbol_allowed(self, symbol: str, asset_class: AssetClass | str) -> bool:
+        return AssetClass(asset_class) in self.allowed_asset_classes and symbol not in self.denied_symbols
+
+
+class RiskPolicy(_Strict):
+    horizon_sessions: int = Field(default=5, ge=1)
+    scenario_lookback: int = Field(default=1260, ge=100)
+    scenario_weighting: Literal["equal", "regime"] = "equal"
+    alpha: float = Field(default=0.95, gt=0.5, lt=1)
+    portfolio_cvar_limit: float = Field(default=0.06, gt=0)
+    component_cvar_limit: float = Field(default=0.01, gt=0)
+    min_scale: float = Field(default=0.0, ge=0, le=1)
+    risk_aversion: float = Field(default=0.5, ge=0)
+    budget: float = Field(default=1.0, gt=0, le=1)
+    quality_full_weight: float = Field(default=0.9, gt=0, le=1)
+    daily_loss_limit: float = Field(default=0.03, gt=0, lt=1)
+
+
 # --- loading -------------------------------------------------------------------------------
 M = TypeVar("M", bound=BaseModel)
 
@@ -373,7 +409,17 @@ class Policies:
     def strategies(self) -> StrategiesPolicy:
         return load_policy_file(self.path("strategies.yaml"), StrategiesPolicy)
 
-    FILES: tuple[str, ...] = ("universe", "providers", "quality", "schedules", "models", "strategies")
+    @cached_property
+    def mandate(self) -> MandatePolicy:
+        return load_policy_file(self.path("mandate.yaml"), MandatePolicy)
+
+    @cached_property
+    def risk(self) -> RiskPolicy:
+        return load_policy_file(self.path("risk.yaml"), RiskPolicy)
+
+    FILES: tuple[str, ...] = (
+        "universe", "providers", "quality", "schedules", "models", "strategies", "mandate", "risk",
+    )
 
     def validate_all(self) -> list[str]:
         """Load every file now; returns the names loaded (raises on the first bad one)."""
