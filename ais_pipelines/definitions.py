@@ -42,21 +42,21 @@ def resources_for(env: str, runtime_root: str) -> dict[str, object]:
 
 
 def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
-    from assets import ingestion, intelligence, quality
+    from assets import ingestion, intelligence, portfolio, quality
 
     env = env or os.environ.get("AIS_ENV", "local")
     root = runtime_root or os.environ.get("AIS_RUNTIME_DIR", "runtime")
     policies = Policies()
 
-    asset_modules = [ingestion, quality, intelligence]
+    asset_modules = [ingestion, quality, intelligence, portfolio]
     assets = dg.load_assets_from_modules(asset_modules)
     checks = dg.load_asset_checks_from_modules(asset_modules)
 
     nightly_job = dg.define_asset_job(
         "nightly_job",
-        selection=dg.AssetSelection.groups("ingestion", "quality", "intelligence"),
+        selection=dg.AssetSelection.groups("ingestion", "quality", "intelligence", "portfolio"),
         description="Nightly, for as-of session D: ingest → quality → features → regime → forecasts → "
-        "decay → lifecycle → candidates.",
+        "decay → lifecycle → candidates → scenarios → auction → CVaR → order proposals.",
         executor_def=dg.in_process_executor,
     )
     refit_job = dg.define_asset_job(

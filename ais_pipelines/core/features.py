@@ -595,3 +595,27 @@ def symbols_of(bars: pd.DataFrame, as_of: object) -> Sequence[str]:
     """Sorted symbols with at least one bar on/before ``as_of``."""
     lg = _sorted_long(bars, normalize_as_of(as_of))
     return [str(s) for s in lg.symbols]
+
+
+def session_aligned_log_returns(
+    bars: pd.DataFrame, as_of: object, lookback: int, calendar: str = "XNYS"
+) -> pd.DataFrame:
+    """Daily log returns of every symbol on one decision calendar (point in time).
+
+    Portfolio risk needs one time axis: crypto trades on weekends and FX on some exchange
+    holidays, so each symbol's adjusted close is read as of each session of ``calendar``
+    (its last price on or before the session). A weekend move of crypto therefore lands in
+    Monday's return, as it does for the book. Sessions before a symbol's first bar stay NaN.
+    """
+    from ais_pipelines.core.calendars import sessions_between
+
+    as_of_ts = normalize_as_of(as_of)
+    b = bars[bars["date"] <= as_of_ts]
+    if b.empty:
+        return pd.DataFrame()
+    closes = b.pivot_table(index="date", columns="symbol", values="adj_close", aggfunc="last").sort_index()
+    sessions = sessions_between(calendar, closes.index.min(), as_of_ts)
+    # Union then forward-fill: a session takes each symbol's latest close on or before it.
+    grid = closes.reindex(closes.index.union(sessions)).ffill().reindex(sessions)
+    rets = np.log(grid).diff().iloc[1:]
+    return rets.iloc[-lookback:]

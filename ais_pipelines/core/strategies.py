@@ -55,6 +55,8 @@ def generate_candidates(
         if pm.empty:
             continue
         frame = pm.join(comb, how="left").join(feat, how="left").join(qual, how="left")
+        # Models without a signal of their own (regime_mean) are judged by μ/σ.
+        frame["signal"] = frame["signal"].fillna(frame["mu"] / frame["sigma"])
         frame["mu_adj"] = frame["mu"] * frame["disagreement_factor"].fillna(0.0) * frame["decay_factor"].fillna(0.0)
         keep = (frame["signal"] > strat.min_signal) & (frame["mu_adj"] > 0) & np.isfinite(frame["mu_adj"])
         frame = frame[keep].reset_index()
