@@ -67,11 +67,11 @@ from the previous optimal basis. ``scenario_keys`` (e.g. window end dates) line 
 between sessions: a rolled window then changes one row, not all of them. ``backend="cvxpy"``
 builds the same problem once as a DPP cvxpy problem with Parameters (μ − c, caps, scenario
 matrix, probabilities) and re-solves it with HiGHS through cvxpy (compiled once; only the
-parameter values change). Measured at N = 500, T = 1260 on a shared 2-core machine (see
-``benchmarks/results/auction.md``): cvxpy + CLARABEL ≈ 9 s, cvxpy + HiGHS ≈ 0.2–0.3 s per
-solve, direct HiGHS ≈ 0.15–0.4 s cold and a few hundredths of a second warm — hence the default.
-HiGHS runs dual simplex without presolve and scaling (``DEFAULT_HIGHS_OPTIONS``, ≈ 3× faster
-here); interior point was ≈ 5× slower than simplex cold and cannot be warm-started.
+parameter values change). Measured end to end at N = 500, T = 1260 on a shared 2-core machine
+(``benchmarks/results/auction.md``): skfolio MeanRisk (cvxpy + CLARABEL) ≈ 11 s, our cvxpy +
+HiGHS backend ≈ 0.4–0.5 s per solve, direct HiGHS ≈ 0.4 s cold and ≈ 0.08 s for the next
+session's warm re-solve — hence the default. HiGHS runs dual simplex without presolve and
+scaling (``DEFAULT_HIGHS_OPTIONS``, ≈ 3× faster here); interior point was ≈ 5× slower than simplex cold and cannot be warm-started.
 
 Failure is an outcome
 ---------------------
@@ -85,7 +85,7 @@ horizon mismatch) do raise ``ValueError``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -951,8 +951,3 @@ def run_capital_auction(
         solver_state=solver,
         message=message,
     )
-
-
-def with_params(params: AuctionParams, **changes: Any) -> AuctionParams:
-    """Copy of ``params`` with some fields changed (validated)."""
-    return replace(params, **changes)
