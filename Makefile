@@ -7,7 +7,7 @@ export AIS_RUNTIME_DIR ?= $(CURDIR)/runtime
 export DAGSTER_HOME ?= $(AIS_RUNTIME_DIR)/dagster_home
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: setup demo test test-fast lint dev bench clean
+.PHONY: setup demo test test-fast lint dev bench report clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -17,6 +17,7 @@ setup: $(UV)
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(UV) run ais policies validate
+	cd dbt && $(UV) run dbt parse --quiet   # dagster-dbt needs a manifest before the code location loads
 
 demo: setup
 	$(UV) run ais demo
@@ -36,6 +37,11 @@ dev: setup
 
 bench: setup
 	$(UV) run python benchmarks/bench_ingestion.py
+	$(UV) run python benchmarks/bench_auction.py --quick
+	$(UV) run python benchmarks/bench_policy.py
+
+report: setup
+	$(UV) run ais report
 
 clean:
-	rm -rf runtime
+	rm -rf runtime dbt/target dbt/logs

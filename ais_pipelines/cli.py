@@ -107,6 +107,42 @@ def quality_report(out: Path = typer.Option(None, help="Output directory for the
     typer.echo(f"Data Docs: {result.index_path.resolve()}")
 
 
+@app.command()
+def report(
+    as_of: str = typer.Option(None, "--as-of", help="As-of session YYYY-MM-DD (default: the latest assessed)."),
+    out: Path = typer.Option(None, help="Output directory (default: runtime/reports/governance)."),
+    snapshot: bool = typer.Option(True, help="Copy the ledger into the warehouse first (needs its write lock)."),
+) -> None:
+    """Write the governance report of one as-of session: one self-contained HTML file."""
+    import duckdb
+
+    from ais_pipelines.reports.governance import latest_as_of, write_governance_report
+    from ais_pipelines.reports.ledger_copy import snapshot_ledger
+
+    root = runtime_dir()
+    db = Path(os.environ.get("AIS_WAREHOUSE", root / "warehouse.duckdb"))
+    if not db.exists():
+        typer.echo(f"No warehouse at {db}: run `make demo` (or the nightly job) first.", err=True)
+        raise typer.Exit(2)
+    if snapshot:
+        url = os.environ.get("AIS_LEDGER_URL") or f"sqlite:///{root / 'ledger.sqlite'}"
+        copied = snapshot_ledger(url, db)
+        typer.echo(f"Ledger snapshot: {copied.rows.get('ledger_orders', 0)} orders, "
+                   f"{copied.rows.get('ledger_fills', 0)} fills")
+    if as_of is None:
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            found = latest_as_of(con)
+        finally:
+            con.close()
+        if found is None:
+            typer.echo("The warehouse has no data_quality assessment yet: nothing to report.", err=True)
+            raise typer.Exit(2)
+        as_of = str(found)
+    path = write_governance_report(db, as_of, out or root / "reports" / "governance")
+    typer.echo(f"Governance report ({as_of}): {path.resolve()}")
+
+
 @policies_app.command("validate")
 def policies_validate(directory: Path = typer.Option(None, help="Policies directory.")) -> None:
     """Load and validate every policy file; exit 1 naming the file, key and value on error."""

@@ -427,4 +427,15 @@ class Policies:
         for name in self.FILES:
             getattr(self, name)
             loaded.append(name)
+        self.pre_trade_policy()
+        loaded.append("pre_trade+vetoes")
         return loaded
+
+    def pre_trade_policy(self):  # -> core.policy.PolicySet (imported lazily: config stays light)
+        """pre_trade.yaml + vetoes.yaml as one validated rule set."""
+        from ais_pipelines.core.policy import PolicyError, shipped_policy
+
+        try:
+            return shipped_policy(self.directory)
+        except PolicyError as exc:
+            raise PolicyFileError(getattr(exc, "path", self.directory), [str(exc)]) from exc

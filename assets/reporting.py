@@ -17,6 +17,9 @@ it is missing or older than the project's files — in the definitions factory, 
 import json
 import math
 import os
+import shutil
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,10 @@ from dagster_dbt import (
     dbt_assets,
 )
 from dagster_duckdb import DuckDBResource
-from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import StaticPool
 
 from ais_pipelines.config import REPO_ROOT
-from ais_pipelines.reports.ledger_copy import LEDGER_TABLES, copy_ledger_to_warehouse
+from ais_pipelines.reports.ledger_copy import LEDGER_TABLES, copy_ledger_to_warehouse, ledger_read_engine
 from assets._common import md_table
 from assets.intelligence import model_decay_metrics, regime_probabilities, strategy_lifecycle
 from assets.partitions import as_of_partitions, partition_as_of
@@ -46,32 +47,18 @@ from resources.trading import LedgerResource
 DBT_PROJECT_DIR = REPO_ROOT / "dbt"
 REPORTING_GROUP = "reporting"
 DBT_STAGING_GROUP = "reporting_staging"
-# Warehouse tables the report reads whose assets are being added elsewhere (portfolio,
-# governance). Declared as deps so the lineage shows them; until their assets exist, Dagster
-# shows them as external assets.
-PENDING_UPSTREAM = ("capital_allocations", "portfolio_cvar", "order_proposals", "governance_decisions")
+# Assets of other stages whose warehouse tables the report reads (capital_auction writes
+# capital_allocations and auction_summary; portfolio_cvar also writes portfolio_cvar_components).
+# Declared by key, not imported: an asset that does not exist yet shows as an external asset.
+REPORT_UPSTREAM = ("capital_auction", "portfolio_cvar", "order_proposals", "governance_decisions")
 
 
-# --- the ledger, read-only -----------------------------------------------------------------
-def ledger_read_engine(url: str) -> Engine:
-    """An engine to read the ledger at ``url`` (``LedgerResource.resolved_url()``). Reading runs
-    no migration and creates nothing: a SQLite ledger that does not exist yet is read as an
-    empty database (every table then lands empty in the warehouse)."""
-    from ais_pipelines.ledger import create_ledger_engine
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and \
-            not Path(parsed.database).exists():
-        return create_engine("sqlite://", poolclass=StaticPool)
-    return create_ledger_engine(url)
-
-
+# --- ledger snapshot ------------------------------------------------------------------------
 def display_url(url: str) -> str:
     """The URL with any password hidden (safe for metadata and logs)."""
     return make_url(url).render_as_string(hide_password=True)
 
 
-# --- ledger snapshot ------------------------------------------------------------------------
 @dg.asset(
     group_name=REPORTING_GROUP,
     kinds={"python", "duckdb", "sql"},
@@ -122,16 +109,30 @@ def _newest_source_mtime(project_dir: Path) -> float:
 
 def dbt_project(project_dir: Path = DBT_PROJECT_DIR) -> DbtProject:
     """The dbt project with a loadable manifest: ``dbt parse`` (offline, no warehouse needed)
-    when the manifest is missing or older than the project's files; under ``dagster dev``,
-    dagster-dbt's own prepare_if_dev re-parses on every load."""
+    when ``target/manifest.json`` is missing or older than any of the project's files. This also
+    covers ``dagster dev`` reloads, so dagster-dbt's ``prepare_if_dev`` is not needed."""
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     project = DbtProject(project_dir=project_dir)
     manifest = project.manifest_path
     if not manifest.exists() or manifest.stat().st_mtime < _newest_source_mtime(Path(project.project_dir)):
-        project.preparer.prepare(project)
-    else:
-        project.prepare_if_dev()
+        parse_manifest(project)
     return project
+
+
+def parse_manifest(project: DbtProject) -> Path:
+    """``dbt parse`` into a private directory, then move the manifest into place atomically, so
+    two processes loading the code location at once never read a half-written manifest."""
+    target = Path(project.project_dir) / project.target_path
+    scratch = target / f"parse-{uuid.uuid4().hex[:10]}"
+    try:
+        DbtCliResource(project_dir=project, dbt_executable=dbt_executable()).cli(
+            ["parse", "--quiet"], target_path=scratch).wait()
+        if (scratch / "partial_parse.msgpack").exists():
+            os.replace(scratch / "partial_parse.msgpack", target / "partial_parse.msgpack")
+        os.replace(scratch / "manifest.json", project.manifest_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return project.manifest_path
 
 
 class AisDbtTranslator(DagsterDbtTranslator):
@@ -163,9 +164,16 @@ class AisDbtTranslator(DagsterDbtTranslator):
         return DBT_STAGING_GROUP if schema == "staging" else REPORTING_GROUP
 
 
+def dbt_executable() -> str:
+    """The dbt of this environment (next to the interpreter), so a code server started without
+    the virtualenv on PATH still finds it."""
+    here = Path(sys.executable).parent / "dbt"
+    return str(here) if here.exists() else "dbt"
+
+
 def dbt_resource(project: DbtProject | None = None) -> DbtCliResource:
     """The ``dbt`` resource for the definitions factory."""
-    return DbtCliResource(project_dir=project or dbt_project())
+    return DbtCliResource(project_dir=project or dbt_project(), dbt_executable=dbt_executable())
 
 
 def build_dbt_assets(project: DbtProject | None = None) -> dg.AssetsDefinition:
@@ -180,9 +188,15 @@ def build_dbt_assets(project: DbtProject | None = None) -> dg.AssetsDefinition:
         pool="duckdb",
     )
     def warehouse_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
-        """``dbt build`` (models + tests) on the warehouse file the ``warehouse`` resource points to."""
-        database = str(Path(warehouse.database).resolve())
-        yield from dbt.cli(["build", "--vars", json.dumps({"warehouse_path": database})], context=context).stream()
+        """``dbt build`` (models + tests) on the warehouse file the ``warehouse`` resource points to.
+
+        The path goes in as ``--vars`` (read by profiles.yml), so dbt always builds the warehouse
+        the rest of the run uses. dbt then re-parses (vars are part of its parse state): ~5–10 s."""
+        database = Path(warehouse.database).resolve()
+        # Run artefacts (run_results.json, logs) next to the warehouse, in the runtime directory.
+        target = database.parent / "dbt_target" / context.run.run_id[:8]
+        yield from dbt.cli(["build", "--vars", json.dumps({"warehouse_path": str(database)})], context=context,
+                           target_path=target).stream()
 
     return warehouse_marts
 
@@ -203,7 +217,7 @@ def _metric_metadata(metrics: dict[str, float]) -> dict[str, Any]:
     kinds={"python", "html"},
     pool="duckdb",
     deps=[ledger_snapshot, data_quality, regime_probabilities, strategy_lifecycle, model_decay_metrics,
-          *(dg.AssetKey(k) for k in PENDING_UPSTREAM)],
+          *(dg.AssetKey(k) for k in REPORT_UPSTREAM)],
     description="One self-contained HTML governance report per as-of session for a risk officer: data quality "
     "and exclusions, regime, allocations with reason codes, CVaR and its components, policy decisions and "
     "vetoes, orders and fills, P&L and drawdown, trading state and overrides. The §J4 metrics are numeric "
