@@ -37,49 +37,82 @@ def ensure_dagster_home() -> Path:
 
 @app.command()
 def demo() -> None:
-    """Nightly materialization on the embedded sample market; prints where everything went."""
+    """The whole loop on the embedded sample market: model refit, nightly materialization of the
+    last sample session D, one intraday execution tick on the paper broker in the simulated
+    session after D, then the dbt marts and the governance report. Prints where everything went."""
     import dagster as dg
 
+    from ais_pipelines.cli_ops import ensure_dev_signing_key, execute
+    from ais_pipelines.core.calendars import last_n_sessions
     from ais_pipelines.definitions import build_definitions
 
     home = ensure_dagster_home()
     root = runtime_dir()
+    os.environ.setdefault("AIS_RUNTIME_DIR", str(root))
+    policies = Policies()
+    d = policies.providers.sample.end_session
+    fit = last_n_sessions("XNYS", d, 6)[0].date()  # models fitted a week before D: their age is real
+    key = ensure_dev_signing_key(root, os.environ.get("AIS_ENV", "local"))
+    if key is not None:
+        typer.echo(f"Development approval key (owner-only permissions): {key}")
     defs = build_definitions(runtime_root=str(root))
     instance = dg.DagsterInstance.get()
     typer.echo(f"DAGSTER_HOME: {home}")
-    typer.echo("Running nightly_job (ingest → quality → reports) on the embedded sample market …")
-    result = defs.resolve_job_def("nightly_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=QUIET_LOGS
-    )
-    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    checks = result.get_asset_check_evaluations()
-    typer.echo(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
-    for c in checks:
-        typer.echo(f"  check {c.asset_key.to_user_string()}:{c.check_name}: {'passed' if c.passed else 'FAILED'}"
-                   f" ({c.severity.value})")
-    if failed:
-        typer.echo(f"  failed steps: {', '.join(failed)}")
-    _print_quality_summary(root)
-    typer.echo(f"Warehouse:    {root / 'warehouse.duckdb'}")
-    typer.echo(f"Raw archive:  {root / 'raw' / result.run_id}")
-    typer.echo(f"Data docs:    {root / 'reports' / 'data_docs' / 'index.html'}")
+
+    ok = True
+    for job, pk, what in (("model_refit_job", str(fit), "model refit"),
+                          ("nightly_job", str(d), "nightly materialization")):
+        typer.echo(f"\n== {what}: {job} [{pk}] ==")
+        ok = _run_job(defs, instance, job, pk) and ok
+    _print_quality_summary(root, d)
+
+    typer.echo(f"\n== intraday execution: the session after {d} on the paper broker ==")
+    try:
+        execute(as_of=str(d), dev_key=False)
+    except typer.Exit as exc:
+        ok = ok and exc.exit_code == 0
+
+    typer.echo(f"\n== reports: reporting_job [{d}] ==")
+    ok = _run_job(defs, instance, "reporting_job", str(d)) and ok
+    typer.echo(f"\nWarehouse:          {root / 'warehouse.duckdb'}")
+    typer.echo(f"Ledger:             {root / 'ledger.sqlite'}")
+    typer.echo(f"Raw archive:        {root / 'raw'}")
+    typer.echo(f"Data docs:          {root / 'reports' / 'data_docs' / 'index.html'}")
+    typer.echo(f"Governance report:  {root / 'reports' / 'governance'}")
+    typer.echo(f"Metrics:            {root / 'reports' / 'metrics' / 'ais_metrics.prom'}")
     typer.echo("Browse it all: make dev  (Dagster UI on http://127.0.0.1:3000)")
-    if not result.success:
+    if not ok:
         raise typer.Exit(1)
 
 
-def _print_quality_summary(root: Path) -> None:
+def _run_job(defs, instance, job: str, partition: str) -> bool:
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET_LOGS
+    )
+    typer.echo(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
+    bad = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    n = len(result.get_asset_check_evaluations())
+    typer.echo(f"  {n - len(bad)}/{n} checks passed")
+    for c in bad:
+        typer.echo(f"  check {c.asset_key.to_user_string()}:{c.check_name}: FAILED ({c.severity.value})")
+    for e in result.all_events:
+        if e.event_type_value == "STEP_FAILURE":
+            typer.echo(f"  failed step {e.step_key}: {e.event_specific_data.error.message.strip()[:300]}")
+    return result.success
+
+
+def _print_quality_summary(root: Path, as_of) -> None:
     import duckdb
 
     con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
     try:
         q = con.execute(
             "SELECT symbol, asset_class, round(data_quality_score, 3) AS score, status, reason_codes "
-            "FROM data_quality WHERE as_of = (SELECT max(as_of) FROM data_quality) ORDER BY score, symbol"
+            "FROM data_quality WHERE as_of = ? ORDER BY score, symbol", [as_of]
         ).df()
     finally:
         con.close()
-    typer.echo("\nData quality (worst first):")
+    typer.echo(f"\nData quality {as_of} (worst first):")
     typer.echo(q.head(12).to_string(index=False))
     typer.echo(f"… {len(q)} symbols, {int((q['status'] == 'VALID').sum())} tradable\n")
 
@@ -153,6 +186,10 @@ def policies_validate(directory: Path = typer.Option(None, help="Policies direct
         raise typer.Exit(1) from exc
     typer.echo("valid: " + ", ".join(loaded))
 
+
+from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (mounts review/trading/audit/execute)
+
+_register_ops(app)
 
 if __name__ == "__main__":
     app()

@@ -38,25 +38,30 @@ def resources_for(env: str, runtime_root: str) -> dict[str, object]:
         "ci": {"market_data": MarketDataResource(provider="sample")},
         "prod": {"market_data": MarketDataResource(provider="auto", files_dir=os.environ.get("AIS_FILES_DIR"))},
     }
-    return {**common, **by_env[env]}
+    from resources.trading import trading_resources_for
+
+    return {**common, **by_env[env], **trading_resources_for(env, str(root))}
 
 
 def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
-    from assets import ingestion, intelligence, portfolio, quality
+    from assets import control, execution, ingestion, intelligence, portfolio, quality, reporting
+    from sensors.execution import execution_sensor, reconciliation_sensor
+    from sensors.schedules import nightly_schedule, refit_schedule
 
     env = env or os.environ.get("AIS_ENV", "local")
     root = runtime_root or os.environ.get("AIS_RUNTIME_DIR", "runtime")
     policies = Policies()
 
-    asset_modules = [ingestion, quality, intelligence, portfolio]
-    assets = dg.load_assets_from_modules(asset_modules)
+    asset_modules = [ingestion, quality, intelligence, portfolio, execution]
+    project = reporting.dbt_project()  # parses the dbt manifest only when it is missing or stale
+    assets = [*dg.load_assets_from_modules(asset_modules), *reporting.reporting_assets(project)]
     checks = dg.load_asset_checks_from_modules(asset_modules)
 
     nightly_job = dg.define_asset_job(
         "nightly_job",
         selection=dg.AssetSelection.groups("ingestion", "quality", "intelligence", "portfolio"),
         description="Nightly, for as-of session D: ingest → quality → features → regime → forecasts → "
-        "decay → lifecycle → candidates → scenarios → auction → CVaR → order proposals.",
+        "decay → lifecycle → candidates → scenarios → auction → CVaR → order proposals for D+1.",
         executor_def=dg.in_process_executor,
     )
     refit_job = dg.define_asset_job(
@@ -65,14 +70,38 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
         description="Refit the forecast models on history up to D (their fit date). Own job, own cadence.",
         executor_def=dg.in_process_executor,
     )
-    from sensors.schedules import nightly_schedule, refit_schedule
+    reporting_job = dg.define_asset_job(
+        "reporting_job",
+        selection=dg.AssetSelection.groups("reporting", "reporting_staging"),
+        description="Ledger snapshot → dbt marts + tests → governance report and §J4 metrics for session D.",
+        executor_def=dg.in_process_executor,
+    )
+
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[nightly_job, execution.intraday_execution_job],
+        request_job=reporting_job,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="After a nightly or intraday run succeeds, rebuild the marts and the governance report.",
+    )
+    def reporting_after_runs(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+        pk = context.dagster_run.tags.get("dagster/partition")
+        if not pk:
+            return dg.SkipReason("run has no as-of partition")
+        return dg.RunRequest(run_key=f"report-{context.dagster_run.run_id}", partition_key=pk)
 
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[nightly_job, refit_job],
+        jobs=[nightly_job, refit_job, reporting_job, execution.intraday_execution_job, execution.reconciliation_job,
+              control.review_decision_job, control.trading_control_job],
         schedules=[nightly_schedule(nightly_job, policies), refit_schedule(refit_job, policies)],
-        resources=resources_for(env, root),
+        sensors=[
+            execution_sensor(execution.intraday_execution_job, policies),
+            reconciliation_sensor(execution.reconciliation_job, policies),
+            reporting_after_runs,
+        ],
+        resources={**resources_for(env, root), "dbt": reporting.dbt_resource(project)},
     )
 
 

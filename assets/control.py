@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ais_pipelines import control
 from ais_pipelines import execution as ex
+from ais_pipelines.config import Policies
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.oms.oms import OrderManagementSystem
 from assets.execution import APPROVAL_TTL_S, pnl_history
@@ -91,7 +92,7 @@ def review_decision(
 
 
 def approve(
-    pol: object,
+    pol: Policies,
     warehouse: DuckDBResource,
     ledger: LedgerResource,
     signing_key: SigningKeyResource,
@@ -110,11 +111,11 @@ def approve(
         raise _fail(control.ControlError(f"review item {item_id} does not exist"))
     as_of = str(item.order_payload.get("as_of"))
     try:
-        env_policy = ex.load_environment_policy(policy_dir=pol.directory)  # type: ignore[attr-defined]
+        env_policy = ex.load_environment_policy(policy_dir=pol.directory)
     except ex.PolicyError as exc:
         raise dg.Failure(f"{ReasonCode.POLICY_UNREADABLE}: {exc}", allow_retries=False) from exc
     with warehouse.get_connection() as con:
-        session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker,  # type: ignore[arg-type]
+        session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker,
                                        not_before=ex.latest_activity(store))
         history = pnl_history(con)
     oms = OrderManagementSystem(session.ledger, session.broker, key, session.clock, session.audit)

@@ -45,17 +45,24 @@ APPROVAL_TTL_S = 300  # an approval is good for 5 minutes of the execution clock
 
 
 def write_partition(con: Any, table: str, frame: pd.DataFrame, as_of: Any) -> int:
-    """``replace_partition`` that also handles an empty frame (the partition is emptied)."""
-    if frame.empty:
-        if table_exists(con, table):
-            con.execute(f'DELETE FROM "{table}" WHERE as_of = ?', [as_of])
-        return 0
-    out = frame.copy()
+    """``replace_partition`` that also handles an empty frame: the partition is emptied and a missing
+    table is still created with the frame's schema (downstream marts can rely on it existing)."""
+    out = frame.drop(columns=["as_of"], errors="ignore").copy()
     for col in out.columns:
         if out[col].dtype == object:  # text columns: an all-None column still gets a type
             out[col] = out[col].map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
             out[col] = out[col].astype("string")
-    return replace_partition(con, table, out, "as_of", as_of)
+    if not out.empty:
+        return replace_partition(con, table, out, "as_of", as_of)
+    if table_exists(con, table):
+        con.execute(f'DELETE FROM "{table}" WHERE as_of = ?', [as_of])
+    else:
+        con.register("empty_partition", out)
+        try:
+            con.execute(f'CREATE TABLE "{table}" AS SELECT *, CAST(NULL AS DATE) AS as_of FROM empty_partition LIMIT 0')
+        finally:
+            con.unregister("empty_partition")
+    return 0
 
 
 def read_partition(con: Any, table: str, as_of: Any) -> pd.DataFrame:
@@ -93,9 +100,10 @@ def execution_context(
         history = pnl_history(con)
         ic = ex.assemble_context(session, session.snapshot.proposals, history)
         write_partition(con, "execution_context", ic.context, as_of)
-        book = pd.DataFrame(
+        book = ex.typed(
             [{"symbol": s, "qty": q, "avg_price": ic.book.avg_prices.get(s), "mark": ic.book.marks.get(s),
-              "market_value": q * ic.book.marks.get(s, float("nan"))} for s, q in sorted(ic.book.positions.items())]
+              "market_value": q * ic.book.marks.get(s, float("nan"))} for s, q in sorted(ic.book.positions.items())],
+            {"symbol": "string", "qty": "float64", "avg_price": "float64", "mark": "float64", "market_value": "float64"},
         )
         write_partition(con, "execution_book", book, as_of)
     status = ic.book.trading_status
@@ -166,8 +174,8 @@ def approved_orders(
             )
             hits = batch.hits
         else:
-            decisions = pd.DataFrame(columns=[*ex.DECISION_COLUMNS, "approval_id", "review_item_id"])
-            hits = pd.DataFrame()
+            decisions = ex.typed([], {**ex.DECISION_DTYPES, "approval_id": "string", "review_item_id": "string"})
+            hits = ex.typed([], ex.HIT_DTYPES)
         write_partition(con, "governance_decisions", decisions, as_of)
         write_partition(con, "governance_rule_hits", hits, as_of)
     counts = batch.counts() if batch else {"APPROVE": 0, "REVIEW": 0, "REJECT": 0}

@@ -50,7 +50,7 @@ DBT_STAGING_GROUP = "reporting_staging"
 # Assets of other stages whose warehouse tables the report reads (capital_auction writes
 # capital_allocations and auction_summary; portfolio_cvar also writes portfolio_cvar_components).
 # Declared by key, not imported: an asset that does not exist yet shows as an external asset.
-REPORT_UPSTREAM = ("capital_auction", "portfolio_cvar", "order_proposals", "governance_decisions")
+REPORT_UPSTREAM = ("capital_auction", "portfolio_cvar", "order_proposals", "approved_orders", "portfolio_state")
 
 
 # --- ledger snapshot ------------------------------------------------------------------------
@@ -61,6 +61,7 @@ def display_url(url: str) -> str:
 
 @dg.asset(
     group_name=REPORTING_GROUP,
+    deps=[dg.AssetKey("portfolio_state")],  # lineage: the intraday job writes the ledger it copies
     kinds={"python", "duckdb", "sql"},
     pool="duckdb",
     check_specs=[dg.AssetCheckSpec(

@@ -1,0 +1,328 @@
+"""Operator commands mounted on the ``ais`` app (§H5, §J2, §J3): review queue, trading state,
+audit verification and one intraday execution.
+
+    ais review list [--status PENDING|APPROVED|REJECTED|ALL]
+    ais review approve ITEM_ID --actor NAME --why TEXT
+    ais review reject  ITEM_ID --actor NAME --why TEXT
+    ais trading status
+    ais trading kill|pause|resume|deleverage --actor NAME --why TEXT
+    ais audit verify
+    ais execute [--as-of D] [--dev-key]
+
+They call the same plain functions as the Dagster control jobs (:mod:`ais_pipelines.control`,
+:mod:`assets.control`) with the environment's resources (``AIS_ENV``, ``AIS_RUNTIME_DIR``,
+``AIS_WAREHOUSE``, ``AIS_LEDGER_URL``, ``AIS_POLICIES_DIR``). Mount with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+review_app = typer.Typer(help="Human review queue (§H5): nothing in REVIEW executes by itself.", no_args_is_help=True)
+trading_app = typer.Typer(help="Trading state (§J2): kill switch, pause, resume, deleverage.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log (§J3).", no_args_is_help=True)
+
+ACTOR = typer.Option(..., "--actor", help="Who (a person; recorded in the audit log).")
+WHY = typer.Option(..., "--why", help="Why (mandatory; recorded in the audit log).")
+
+
+@dataclass
+class OpsEnv:
+    env: str
+    root: Path
+    resources: dict[str, Any]
+
+    @property
+    def ledger(self) -> Any:
+        return self.resources["ledger"]
+
+    def policies(self) -> Any:
+        return self.resources["policies"].load()
+
+
+def ops_env() -> OpsEnv:
+    """The environment's resources, built the same way as in the definitions factory."""
+    from dagster_duckdb import DuckDBResource
+
+    from resources.policies import PoliciesResource
+    from resources.trading import trading_resources_for
+
+    env = os.environ.get("AIS_ENV", "local")
+    root = Path(os.environ.get("AIS_RUNTIME_DIR", "runtime")).resolve()
+    resources: dict[str, Any] = {
+        "policies": PoliciesResource(directory=os.environ.get("AIS_POLICIES_DIR"),
+                                     universe_file=os.environ.get("AIS_UNIVERSE_FILE")),
+        "warehouse": DuckDBResource(database=os.environ.get("AIS_WAREHOUSE", str(root / "warehouse.duckdb"))),
+        **trading_resources_for(env, str(root)),
+    }
+    return OpsEnv(env, root, resources)
+
+
+def _die(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _now(ops: OpsEnv) -> Any:
+    from resources.trading import control_clock
+
+    _as_of, clock = control_clock(ops.policies(), ops.ledger.store(), ops.resources["execution_clock"])
+    return clock.now()
+
+
+def _show(frame: Any, empty: str) -> None:
+    typer.echo(empty if frame.empty else frame.to_string(index=False))
+
+
+# --------------------------------------------------------------------------------------------
+# review
+
+
+@review_app.command("list")
+def review_list(
+    status: str = typer.Option("PENDING", help="PENDING, APPROVED, REJECTED or ALL."),
+) -> None:
+    """Items waiting for (or decided by) a person."""
+    from ais_pipelines import control
+
+    ops = ops_env()
+    frame = control.list_reviews(ops.ledger.store(), None if status.upper() == "ALL" else status.upper())
+    _show(frame.drop(columns=["created_at"]), f"no {status.upper()} review items")
+
+
+@review_app.command("approve")
+def review_approve(item_id: str, actor: str = ACTOR, why: str = WHY) -> None:
+    """Approve one item: hard rules re-checked with a fresh quote, signed, submitted through the OMS."""
+    import dagster as dg
+
+    from assets.control import approve
+
+    ops = ops_env()
+    r = ops.resources
+    try:
+        out = approve(ops.policies(), r["warehouse"], r["ledger"], r["signing_key"], r["execution_clock"],
+                      r["broker"], item_id, actor=actor, why=why)
+    except dg.Failure as exc:
+        raise _die(f"REFUSED {exc.description}") from exc
+    typer.echo(f"APPROVED {item_id} by {actor}: {out['side']} {out['qty']:g} {out['symbol']} → {out['state']} "
+               f"(filled {out['filled_qty']:g} @ {out['avg_fill_price'] or float('nan'):.4f}, "
+               f"order {out['client_order_id']})")
+
+
+@review_app.command("reject")
+def review_reject(item_id: str, actor: str = ACTOR, why: str = WHY) -> None:
+    """Reject one item (recorded with who and why; nothing is sent)."""
+    from ais_pipelines import control
+
+    ops = ops_env()
+    store = ops.ledger.store()
+    try:
+        item = control.reject_review(store, ops.ledger.audit(), item_id, actor=actor, why=why, now=_now(ops))
+    except control.ControlError as exc:
+        raise _die(f"REFUSED {exc}") from exc
+    typer.echo(f"REJECTED {item.item_id} by {item.decided_by}: {item.why}")
+
+
+# --------------------------------------------------------------------------------------------
+# trading state
+
+
+@trading_app.command("status")
+def trading_status_cmd() -> None:
+    """The current trading state and who set it, why, when."""
+    ops = ops_env()
+    s = ops.ledger.store().current_trading_status()
+    codes = ";".join(map(str, s.reason_codes)) or "none"
+    typer.echo(f"{s.mode} since {s.since.isoformat()} by {s.actor}: {s.why} [{codes}]")
+    pending = len(ops.ledger.store().list_reviews("PENDING"))
+    typer.echo(f"review queue: {pending} pending")
+
+
+def _trading(action: str, actor: str, why: str, to: str = "ACTIVE") -> None:
+    from ais_pipelines import control
+
+    ops = ops_env()
+    store = ops.ledger.store()
+    try:
+        s = control.change_trading_state(store, ops.ledger.audit(), action, actor=actor, why=why, now=_now(ops), to=to)
+    except (control.ControlError, ValueError) as exc:
+        raise _die(f"REFUSED {exc}") from exc
+    typer.echo(f"{s.mode} ({action} by {actor}: {why}) [{';'.join(map(str, s.reason_codes)) or 'none'}]")
+
+
+@trading_app.command("kill")
+def trading_kill(actor: str = ACTOR, why: str = WHY) -> None:
+    """Kill switch: HALTED, latched until a person resumes."""
+    _trading("kill_switch", actor, why)
+
+
+@trading_app.command("pause")
+def trading_pause(actor: str = ACTOR, why: str = WHY) -> None:
+    """Pause: no order is sent until a person resumes."""
+    _trading("pause", actor, why)
+
+
+@trading_app.command("resume")
+def trading_resume(
+    actor: str = ACTOR, why: str = WHY, to: str = typer.Option("ACTIVE", help="ACTIVE or REDUCING.")
+) -> None:
+    """Lift a pause, a deleverage or the kill switch (a named person and a reason are required)."""
+    _trading("resume", actor, why, to.upper())
+
+
+@trading_app.command("deleverage")
+def trading_deleverage(actor: str = ACTOR, why: str = WHY) -> None:
+    """Forced deleverage: only orders that reduce a position may be sent."""
+    _trading("deleverage", actor, why)
+
+
+# --------------------------------------------------------------------------------------------
+# audit
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain; exit 1 naming the first broken record."""
+    from ais_pipelines import control
+    from ais_pipelines.core.audit import AuditChain
+    from ais_pipelines.ledger.store import SqlAuditStore
+
+    ops = ops_env()
+    store = ops.ledger.store()
+    result = control.verify_audit(store)
+    if not result.ok:
+        raise _die(f"BROKEN at seq {result.first_broken_seq}: {result.reason} ({result.n_records} records read)")
+    seq, head = AuditChain(SqlAuditStore(store.engine)).head()
+    typer.echo(f"audit chain OK: {result.n_records} records, head seq {seq} hash {head}")
+
+
+# --------------------------------------------------------------------------------------------
+# execute
+
+
+def ensure_dev_signing_key(root: Path, env: str) -> Path | None:
+    """Local/ci only: when no key is configured, create ``{root}/approval.key`` (0600) and use it.
+
+    Never in prod, and never when a key is already configured: there the absence of a key must
+    stop everything (fail closed).
+    """
+    from ais_pipelines.core.approvals import KEY_ENV, KEY_FILE_ENV, generate_dev_key_file
+
+    if os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV):
+        return None
+    if env == "prod":
+        raise _die("SIGNING_KEY_MISSING: no approval key in prod; a dev key is never generated there")
+    path = root / "approval.key"
+    if not path.exists():
+        generate_dev_key_file(path)
+    os.environ[KEY_FILE_ENV] = str(path)
+    return path
+
+
+def execute(
+    as_of: str = typer.Option(None, "--as-of", help="As-of session D (default: the latest nightly partition)."),
+    dev_key: bool = typer.Option(False, "--dev-key", help="local/ci: create and use runtime/approval.key if "
+                                 "no signing key is configured."),
+) -> None:
+    """One intraday execution of D on the configured broker, if every gate is green; prints the result."""
+    import dagster as dg
+
+    from ais_pipelines.cli import QUIET_LOGS, ensure_dagster_home
+    from ais_pipelines.core.reason_codes import ReasonCode
+    from assets import execution as exec_assets
+    from sensors.execution import execution_gate
+
+    ensure_dagster_home()
+    ops = ops_env()
+    if dev_key:
+        made = ensure_dev_signing_key(ops.root, ops.env)
+        if made is not None:
+            typer.echo(f"using development signing key {made}")
+    instance = dg.DagsterInstance.get()
+    gate = execution_gate(instance, warehouse=ops.resources["warehouse"], ledger=ops.ledger.store(),
+                          execution_clock=ops.resources["execution_clock"], as_of=as_of)
+    if gate.reason_code is ReasonCode.ALREADY_EXECUTED:
+        typer.echo(f"SKIP {gate.skip_reason()}")
+        _print_session(ops, str(gate.as_of))
+        return
+    if not gate.ok:
+        raise _die(f"SKIP {gate.skip_reason()}")
+    typer.echo(f"executing {gate.as_of} at {gate.now.isoformat() if gate.now else '?'} ({ops.env}) …")
+    # The same job the sensor launches (same name in the UI and for the reconciliation sensor).
+    defs = dg.Definitions(
+        assets=dg.load_assets_from_modules([exec_assets]),
+        asset_checks=dg.load_asset_checks_from_modules([exec_assets]),
+        jobs=[exec_assets.intraday_execution_job],
+        resources=ops.resources,
+    )
+    result = defs.resolve_job_def("intraday_execution_job").execute_in_process(
+        partition_key=str(gate.as_of),
+        instance=instance,
+        raise_on_error=False,
+        run_config=QUIET_LOGS,
+        tags={"ais/as_of": str(gate.as_of), "ais/trigger": "cli"},
+    )
+    for c in result.get_asset_check_evaluations():
+        typer.echo(f"  check {c.check_name}: {'passed' if c.passed else 'FAILED'}")
+    if not result.success:
+        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        for e in failed:
+            typer.echo(f"  failed step {e.step_key}: {e.event_specific_data.error.message.strip()}", err=True)
+        raise typer.Exit(1)
+    _print_session(ops, str(gate.as_of))
+
+
+def _print_session(ops: OpsEnv, as_of: str) -> None:
+    import duckdb
+    import pandas as pd
+
+    db = ops.resources["warehouse"].database
+    day = pd.Timestamp(as_of).date()
+    con = duckdb.connect(db, read_only=True)
+    try:
+        def q(sql: str) -> pd.DataFrame:
+            try:
+                return con.execute(sql, [day]).df()
+            except duckdb.CatalogException:
+                return pd.DataFrame()
+
+        decisions = q("SELECT symbol, side, decision, reason_codes, approved_qty FROM governance_decisions "
+                      "WHERE as_of = ? ORDER BY decision, symbol")
+        orders = q("SELECT symbol, side, qty, state, filled_qty, round(avg_fill_price, 4) AS avg_px, reason_codes "
+                   "FROM execution_orders WHERE as_of = ? ORDER BY symbol")
+        fills = q("SELECT symbol, side, qty, round(price, 4) AS price, round(slippage_bps, 2) AS slippage_bps, ts "
+                  "FROM execution_fills WHERE as_of = ? ORDER BY ts, symbol")
+        positions = q("SELECT symbol, qty, round(avg_price, 4) AS avg_price, round(mark, 4) AS mark, "
+                      "round(market_value, 2) AS value, round(weight, 4) AS weight FROM positions_snapshot "
+                      "WHERE as_of = ? ORDER BY symbol")
+        pnl = q("SELECT nav, pnl_day, drawdown, gross_exposure, trading_mode FROM pnl_history WHERE as_of = ?")
+    finally:
+        con.close()
+    typer.echo(f"\nGovernance decisions for {as_of}:")
+    _show(decisions, "  (none)")
+    typer.echo("\nOrders:")
+    _show(orders, "  (none)")
+    typer.echo("\nFills:")
+    _show(fills, "  (none)")
+    typer.echo("\nPositions:")
+    _show(positions, "  (none)")
+    if not pnl.empty:
+        r = pnl.iloc[0]
+        typer.echo(f"\nNAV {r['nav']:,.2f}  P&L today {r['pnl_day']:+,.2f}  drawdown {r['drawdown']:.4%}  "
+                   f"gross {r['gross_exposure']:.2%}  trading {r['trading_mode']}")
+    pending = len(ops.ledger.store().list_reviews("PENDING"))
+    if pending:
+        typer.echo(f"{pending} order(s) wait in the review queue: `ais review list`")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount every operator command on the ``ais`` app."""
+    app.add_typer(review_app, name="review")
+    app.add_typer(trading_app, name="trading")
+    app.add_typer(audit_app, name="audit")
+    app.command("execute")(execute)

@@ -1,0 +1,216 @@
+"""The human control plane (§H5, §J2, §J3) as plain functions: the Dagster jobs and the CLI call these.
+
+Every override is a named person with a written reason, recorded in the ledger and appended
+to the audit chain (``event_type``, ``actor``, ``why``, reason codes). An audit write failure
+halts trading (:func:`ais_pipelines.execution.audit_or_halt`).
+
+* Trading state: ``kill_switch`` (HALTED, latched), ``pause`` (PAUSED), ``deleverage``
+  (REDUCING: reduce-only orders), ``resume`` (back to ACTIVE/REDUCING; the only way out of a
+  latch). None of these needs a signing key or a broker: a kill switch must always work.
+* Review queue: ``reject_review`` records the decision; ``approve_review`` re-checks the hard
+  rules with a fresh quote (a person overrides REVIEW rules, never REJECT rules), records the
+  decision, signs a fresh approval and submits it through the OMS with all of its checks.
+* ``verify_audit``: walks the chain and names the first broken record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from ais_pipelines.core import trading_state as ts
+from ais_pipelines.core.approvals import ApprovalError
+from ais_pipelines.core.audit import AuditChain, VerifyResult, verify_store
+from ais_pipelines.core.reason_codes import ReasonCode
+from ais_pipelines.core.trading_state import TradingMode, TradingStateError, TradingStatus
+from ais_pipelines.execution import ApprovedOrder, audit_or_halt, sign_order
+from ais_pipelines.ledger.store import LedgerStore, ReviewDecisionError, ReviewItem, SqlAuditStore
+from ais_pipelines.oms.oms import OrderManagementSystem, OrderRefusedError, OrderResult
+
+ACTIONS = ("kill_switch", "pause", "resume", "deleverage")
+REVIEW_DECISIONS = ("APPROVE", "REJECT")
+
+
+class ControlError(Exception):
+    """A control action was refused; nothing changed. ``reason_codes`` says why."""
+
+    def __init__(self, message: str, reason_codes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.reason_codes = tuple(str(c) for c in reason_codes)
+
+
+def _who(actor: str, why: str) -> tuple[str, str]:
+    if not isinstance(actor, str) or not actor.strip() or not isinstance(why, str) or not why.strip():
+        raise ControlError("every override needs an actor (who) and a reason (why)")
+    return actor.strip(), why.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# trading state
+
+
+def trading_status(ledger: LedgerStore) -> TradingStatus:
+    return ledger.current_trading_status()
+
+
+def change_trading_state(
+    ledger: LedgerStore,
+    audit: AuditChain,
+    action: str,
+    *,
+    actor: str,
+    why: str,
+    now: datetime,
+    to: str = "ACTIVE",
+) -> TradingStatus:
+    """Apply one action of :data:`ACTIONS` and audit who did it and why.
+
+    The state is persisted first (a kill switch must hold even if the audit write then fails,
+    which halts anyway); the audit record names ``from``/``to``/``why``.
+    """
+    if action not in ACTIONS:
+        raise ControlError(f"action must be one of {ACTIONS}, got {action!r}")
+    actor, why = _who(actor, why)
+    funcs: dict[str, Callable[[TradingStatus], TradingStatus]] = {
+        "kill_switch": lambda s: ts.kill_switch(s, actor=actor, why=why, now=now),
+        "pause": lambda s: ts.pause(s, actor=actor, why=why, now=now),
+        "deleverage": lambda s: ts.deleverage(s, actor=actor, why=why, now=now),
+        "resume": lambda s: ts.resume(s, actor=actor, why=why, now=now, to=TradingMode(to)),
+    }
+    before = ledger.current_trading_status()
+    try:
+        after = ledger.change_trading_status(funcs[action])
+    except TradingStateError as exc:
+        raise ControlError(str(exc), (str(exc.reason_code),)) from exc
+    audit_or_halt(
+        audit,
+        ledger,
+        f"trading.{action}",
+        actor,
+        "trading_state",
+        {"from": str(before.mode), "to": str(after.mode), "why": why, "changed": after != before},
+        after.reason_codes if after != before else (),
+        now,
+    )
+    return after
+
+
+# --------------------------------------------------------------------------------------------
+# review queue
+
+
+def list_reviews(ledger: LedgerStore, status: str | None = "PENDING") -> pd.DataFrame:
+    rows = [
+        {
+            "item_id": r.item_id,
+            "status": r.status,
+            "symbol": r.order_payload.get("symbol"),
+            "side": r.order_payload.get("side"),
+            "qty": r.order_payload.get("qty"),
+            "as_of": r.order_payload.get("as_of"),
+            "reasons": ";".join(r.reasons),
+            "created_at": r.created_at,
+            "decided_by": r.decided_by,
+            "why": r.why,
+        }
+        for r in ledger.list_reviews(status)
+    ]
+    return pd.DataFrame(rows, columns=["item_id", "status", "symbol", "side", "qty", "as_of", "reasons",
+                                       "created_at", "decided_by", "why"])
+
+
+def _pending(ledger: LedgerStore, item_id: str) -> ReviewItem:
+    item = ledger.get_review(item_id)
+    if item is None:
+        raise ControlError(f"review item {item_id} does not exist")
+    if item.status != "PENDING":
+        raise ControlError(f"review item {item_id} is already {item.status}")
+    return item
+
+
+def reject_review(
+    ledger: LedgerStore, audit: AuditChain, item_id: str, *, actor: str, why: str, now: datetime
+) -> ReviewItem:
+    actor, why = _who(actor, why)
+    _pending(ledger, item_id)
+    try:
+        item = ledger.decide_review(item_id, approve=False, actor=actor, why=why, now=now)
+    except ReviewDecisionError as exc:
+        raise ControlError(str(exc)) from exc
+    audit_or_halt(audit, ledger, "review.rejected", actor, f"review:{item_id}",
+                  {"why": why, "order": item.order_payload}, [ReasonCode.HUMAN_REJECTED], now)
+    return item
+
+
+@dataclass(frozen=True)
+class ReviewApproval:
+    item: ReviewItem
+    approval: ApprovedOrder
+    result: OrderResult | None  # None when the OMS refused (see refused_codes)
+    refused_codes: tuple[str, ...] = ()
+
+
+def approve_review(
+    ledger: LedgerStore,
+    audit: AuditChain,
+    oms: OrderManagementSystem,
+    key: bytes,
+    item_id: str,
+    *,
+    actor: str,
+    why: str,
+    now: datetime,
+    ttl_s: int = 300,
+    recheck: Callable[[Mapping[str, Any]], list[str]] | None = None,
+) -> ReviewApproval:
+    """A person approves a queued order: re-check hard rules, record, sign, submit through the OMS.
+
+    The trading state must allow the order (else ``ControlError`` TRADING_HALTED/PAUSED/REDUCE_ONLY).
+    ``recheck(payload)`` returns the REJECT-rule codes the order hits now; any → ``ControlError``
+    and the item stays PENDING (e.g. retry once the market opens). The fresh approval signs the
+    queued payload plus who approved it, so it is a new intent with its own idempotency key.
+    """
+    actor, why = _who(actor, why)
+    item = _pending(ledger, item_id)
+    # The trading state first: approving into a halted book would decide an item nothing can send.
+    refusal = ledger.current_trading_status().refusal(bool(item.order_payload.get("reduce_only", False)))
+    if refusal is not None:
+        raise ControlError(f"trading state refuses new orders ({refusal}): review item {item_id} stays PENDING",
+                           (str(refusal),))
+    if recheck is not None:
+        codes = recheck(item.order_payload)
+        if codes:
+            audit_or_halt(audit, ledger, "review.approve_blocked", actor, f"review:{item_id}",
+                          {"why": why, "hard_rules": codes}, codes, now)
+            raise ControlError(f"review item {item_id} now hits hard rule(s) {codes}: not approved", tuple(codes))
+    try:
+        item = ledger.decide_review(item_id, approve=True, actor=actor, why=why, now=now)
+    except ReviewDecisionError as exc:
+        raise ControlError(str(exc)) from exc
+    audit_or_halt(audit, ledger, "review.approved", actor, f"review:{item_id}",
+                  {"why": why, "order": item.order_payload}, [ReasonCode.HUMAN_APPROVED], now)
+    payload = {**item.order_payload, "review_item_id": item_id, "approved_by": actor}
+    approved = sign_order(payload, now + timedelta(seconds=ttl_s), key)
+    ledger.record_approval(approved.approval.approval_id, approved.payload, approved.approval.signature,
+                           approved.approval.expires_at, now)
+    audit_or_halt(audit, ledger, "approval.issued", actor, f"approval:{approved.approval.approval_id}",
+                  {"order_id": approved.order_id, "expires_at": approved.approval.expires_at,
+                   "review_item_id": item_id}, [ReasonCode.HUMAN_APPROVED], now)
+    try:
+        result = oms.submit(approved.approval, approved.payload)
+    except (OrderRefusedError, ApprovalError) as exc:
+        codes = exc.reason_codes if isinstance(exc, OrderRefusedError) else (exc.reason,)
+        return ReviewApproval(item, approved, None, tuple(str(c) for c in codes))
+    return ReviewApproval(item, approved, result)
+
+
+# --------------------------------------------------------------------------------------------
+# audit
+
+
+def verify_audit(ledger: LedgerStore) -> VerifyResult:
+    return verify_store(SqlAuditStore(ledger.engine))
