@@ -9,7 +9,8 @@ ALREADY_EXECUTED       the ledger holds the INTRADAY_EXECUTED marker for D (run 
                        also deduplicates inside Dagster)
 UPSTREAM_CHECK_FAILED  the latest evaluation *for partition D* of every required check
                        (:data:`REQUIRED_CHECKS`: data-quality and history gates, quality schema,
-                       portfolio/component CVaR, impact estimates) exists, targets D's latest
+                       no allocation to ineligible candidates, portfolio and component CVaR,
+                       impact estimates, proposals respecting the risk state) exists, targets D's latest
                        materialization and passed — a WARN-severity failure (symbols excluded,
                        the system goes on) counts as passed, exactly like Dagster's blocking
                        semantics; ERROR, missing, in progress or stale fail closed

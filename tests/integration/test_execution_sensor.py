@@ -30,38 +30,37 @@ from sensors.execution import (
 from tests.integration.test_execution import EXEC_NOW, Rig, make_rig, write_nightly
 
 D = "2024-03-04"
-QUALITY_CHECKS = ("quality_gate", "history_gate", "data_quality_schema")
-PROPOSAL_CHECKS = ("portfolio_cvar_within_limit", "component_cvar_within_limit", "orders_have_impact_estimates")
 Outcome = dict[str, tuple[bool, dg.AssetCheckSeverity]]
+CHECKED_ASSETS = sorted({k.asset_key.path[0] for k in REQUIRED_CHECKS} | {"order_proposals"})
 
 
-def stand_ins(outcome: Outcome) -> list[Any]:
-    """data_quality and order_proposals with their real check names; results as ``outcome`` says."""
+def stand_ins(outcome: Outcome, *, skip_checks_of: tuple[str, ...] = ()) -> list[Any]:
+    """The nightly assets the gate reads, with their real keys and check names (REQUIRED_CHECKS);
+    each check passes or fails as ``outcome`` says (check name → (passed, severity))."""
 
-    @dg.asset(key="data_quality", partitions_def=as_of_partitions)
-    def data_quality() -> dg.MaterializeResult:
-        return dg.MaterializeResult()
+    def asset(key: str) -> Any:
+        @dg.asset(key=key, partitions_def=as_of_partitions)
+        def _asset() -> dg.MaterializeResult:
+            return dg.MaterializeResult()
 
-    @dg.asset(key="order_proposals", partitions_def=as_of_partitions, deps=["data_quality"])
-    def order_proposals() -> dg.MaterializeResult:
-        return dg.MaterializeResult()
+        return _asset
 
-    def check(asset: str, name: str) -> Any:
-        passed, severity = outcome.get(name, (True, dg.AssetCheckSeverity.ERROR))
+    def check(key: dg.AssetCheckKey) -> Any:
+        passed, severity = outcome.get(key.name, (True, dg.AssetCheckSeverity.ERROR))
 
-        @dg.asset_check(asset=asset, name=name, partitions_def=as_of_partitions, blocking=False)
+        @dg.asset_check(asset=key.asset_key, name=key.name, partitions_def=as_of_partitions, blocking=False)
         def _check() -> dg.AssetCheckResult:
             return dg.AssetCheckResult(passed=passed, severity=severity)
 
         return _check
 
-    checks = [check("data_quality", n) for n in QUALITY_CHECKS] + [check("order_proposals", n) for n in PROPOSAL_CHECKS]
-    return [data_quality, order_proposals, *checks]
+    checks = [check(k) for k in REQUIRED_CHECKS if k.asset_key.path[0] not in skip_checks_of]
+    return [*(asset(k) for k in CHECKED_ASSETS), *checks]
 
 
 def nightly(rig: Rig, outcome: Outcome | None = None, *, partition: str = D, with_checks: bool = True) -> None:
     defs = stand_ins(outcome or {})
-    selection: Iterable[Any] = defs if with_checks else defs[:2]
+    selection: Iterable[Any] = defs if with_checks else defs[: len(CHECKED_ASSETS)]
     dg.materialize(list(selection), partition_key=partition, instance=rig.instance, raise_on_error=False)
 
 
@@ -124,7 +123,8 @@ def test_check_never_evaluated_for_d_blocks(rig: Rig) -> None:
     nightly(rig, partition="2024-03-01")  # checks exist, but for another partition
     nightly(rig, with_checks=False)
     message = skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
-    assert "order_proposals:portfolio_cvar_within_limit never evaluated for this partition" in message
+    assert all(f"{k.asset_key.to_user_string()}:{k.name} never evaluated for this partition" in message
+               for k in REQUIRED_CHECKS)
 
 
 def test_check_result_older_than_the_materialization_is_stale(rig: Rig) -> None:
@@ -134,7 +134,7 @@ def test_check_result_older_than_the_materialization_is_stale(rig: Rig) -> None:
 
 
 def test_a_later_passing_evaluation_unblocks(rig: Rig) -> None:
-    nightly(rig, {"orders_have_impact_estimates": (False, dg.AssetCheckSeverity.ERROR)})
+    nightly(rig, {REQUIRED_CHECKS[-1].name: (False, dg.AssetCheckSeverity.ERROR)})
     skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
     nightly(rig)
     assert isinstance(evaluate(rig), dg.RunRequest)
@@ -142,22 +142,25 @@ def test_a_later_passing_evaluation_unblocks(rig: Rig) -> None:
 
 def test_unpartitioned_check_specs_are_matched_by_the_run_partition(rig: Rig) -> None:
     """A check declared as a check_spec of the asset records no partition: match by run tag."""
+    names = [k.name for k in REQUIRED_CHECKS if k.asset_key.path[0] == "order_proposals"]
 
     def proposals_with_specs(ok: bool) -> Any:
-        specs = [dg.AssetCheckSpec(n, asset="order_proposals") for n in PROPOSAL_CHECKS]
+        specs = [dg.AssetCheckSpec(n, asset="order_proposals") for n in names]
 
         @dg.asset(key="order_proposals", partitions_def=as_of_partitions, check_specs=specs)
         def order_proposals() -> Iterable[Any]:
             yield dg.MaterializeResult()
-            for n in PROPOSAL_CHECKS:
-                yield dg.AssetCheckResult(asset_key="order_proposals", check_name=n, passed=ok or n != PROPOSAL_CHECKS[0])
+            for n in names:
+                yield dg.AssetCheckResult(asset_key="order_proposals", check_name=n, passed=ok or n != names[0])
 
         return order_proposals
 
-    dq = stand_ins({})[0:1] + [c for c in stand_ins({})[2:] if c.check_key.asset_key.path == ["data_quality"]]
-    dg.materialize(dq, partition_key=D, instance=rig.instance)
+    defs = stand_ins({}, skip_checks_of=("order_proposals",))
+    n = len(CHECKED_ASSETS)
+    others = [a for a, k in zip(defs[:n], CHECKED_ASSETS, strict=True) if k != "order_proposals"] + defs[n:]
+    dg.materialize(others, partition_key=D, instance=rig.instance)
     dg.materialize([proposals_with_specs(False)], partition_key=D, instance=rig.instance, raise_on_error=False)
-    assert "portfolio_cvar_within_limit failed" in skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
+    assert f"{names[0]} failed" in skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
     dg.materialize([proposals_with_specs(True)], partition_key=D, instance=rig.instance)
     assert isinstance(evaluate(rig), dg.RunRequest)
 

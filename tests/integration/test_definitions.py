@@ -1,0 +1,73 @@
+"""The whole code location loads from the one factory, and its graph is what the docs say."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from ais_pipelines.definitions import build_definitions, resources_for
+
+
+@pytest.fixture(scope="module")
+def defs(tmp_path_factory) -> dg.Definitions:
+    return build_definitions(env="ci", runtime_root=str(tmp_path_factory.mktemp("runtime")))
+
+
+def keys(defs: dg.Definitions) -> set[str]:
+    return {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+
+
+def test_every_stage_is_an_asset(defs):
+    expected = {
+        "raw_daily_bars", "daily_bars", "data_quality", "data_quality_report", "market_features",
+        "regime_probabilities", "forecast_models", "forecasts", "model_decay_metrics", "strategy_lifecycle",
+        "strategy_candidates", "scenario_returns", "capital_auction", "portfolio_cvar", "order_proposals",
+        "execution_context", "approved_orders", "executed_orders", "portfolio_state", "broker_reconciliation",
+        "ledger_snapshot", "governance_report",
+        *(f"marts/{m}" for m in ("data_quality", "model_decay_metrics", "capital_allocations",
+                                 "governance_decisions", "strategy_lifecycle", "orders", "fills", "positions",
+                                 "pnl_history")),
+    }
+    assert expected <= keys(defs)
+
+
+def test_lineage_runs_from_bars_to_orders_to_marts(defs):
+    g = defs.resolve_asset_graph()
+
+    def parents(k: str) -> set[str]:
+        return {p.to_user_string() for p in g.get(dg.AssetKey(k.split("/"))).parent_keys}
+
+    assert parents("daily_bars") == {"raw_daily_bars"}
+    assert "daily_bars" in parents("data_quality")
+    assert {"market_features", "regime_probabilities"} <= parents("forecasts")
+    assert "portfolio_cvar" in parents("order_proposals")
+    assert "order_proposals" in parents("execution_context")
+    assert "capital_auction" in {p for m in ("staging/stg_capital_allocations",) for p in parents(m)}
+
+
+def test_blocking_checks_sit_next_to_their_assets(defs):
+    checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
+    for pair in [
+        ("raw_daily_bars", "raw_bars_schema"), ("daily_bars", "daily_bars_schema"),
+        ("data_quality", "quality_gate"), ("data_quality", "history_gate"),
+        ("capital_auction", "no_allocation_to_ineligible"), ("portfolio_cvar", "portfolio_cvar_within_limit"),
+        ("portfolio_cvar", "component_cvar_within_limit"), ("order_proposals", "orders_have_impact_estimates"),
+        ("executed_orders", "orders_have_valid_approvals"), ("executed_orders", "nothing_in_review_executed"),
+    ]:
+        assert pair in checks, pair
+
+
+def test_jobs_schedules_sensors(defs):
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert {"nightly_job", "model_refit_job", "intraday_execution_job", "reconciliation_job", "reporting_job",
+            "review_decision_job", "trading_control_job"} <= jobs
+    assert {s.name for s in defs.schedules} == {"nightly_schedule", "model_refit_schedule"}
+    assert {"execution_sensor", "reconciliation_sensor", "reporting_after_runs"} <= {s.name for s in defs.sensors}
+
+
+def test_resources_are_chosen_per_environment(tmp_path):
+    local, prod = resources_for("local", str(tmp_path)), resources_for("prod", str(tmp_path))
+    assert local["market_data"].provider == "sample" and prod["market_data"].provider == "auto"
+    assert prod["execution_clock"].mode == "system" and local["execution_clock"].mode == "simulated"
+    with pytest.raises(ValueError, match="AIS_ENV"):
+        resources_for("staging", str(tmp_path))
