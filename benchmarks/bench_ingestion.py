@@ -91,9 +91,9 @@ def main() -> None:
     con.close()
 
     # The whole job: the same assets and checks through Dagster, in-process.
+    from ais_pipelines.definitions import resources_for
     from assets.ingestion import daily_bars, daily_bars_schema, raw_bars_schema, raw_daily_bars
     from assets.quality import data_quality, data_quality_schema, history_gate, quality_gate
-    from ais_pipelines.definitions import resources_for
 
     os.environ["AIS_POLICIES_DIR"] = str(pol_dir)
     job_root = root / "job"
