@@ -37,8 +37,10 @@ dev: setup
 
 bench: setup
 	$(UV) run python benchmarks/bench_ingestion.py
+	$(UV) run python benchmarks/bench_intelligence.py
 	$(UV) run python benchmarks/bench_auction.py --quick
 	$(UV) run python benchmarks/bench_policy.py
+	$(UV) run python benchmarks/bench_execution.py
 
 report: setup
 	$(UV) run ais report
