@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ais_pipelines.core.bars import BarsInputError, read_raw_bars
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.market_data.base import (
     FetchResult,
@@ -42,15 +43,12 @@ def _symbol_from_filename(path: Path) -> str:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        raise FilesInputError(f"{path.name}: file is empty", ReasonCode.EMPTY_INPUT, path)
     try:
-        if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        else:
-            frame = pd.read_parquet(path)
-    except pd.errors.EmptyDataError as exc:
-        raise FilesInputError(f"{path.name}: file is empty", ReasonCode.EMPTY_INPUT, path) from exc
-    except Exception as exc:  # any parser failure is a whole-file problem with its cause
-        raise FilesInputError(f"{path.name}: unreadable ({exc})", ReasonCode.UNREADABLE_INPUT, path) from exc
+        frame = read_raw_bars(path)  # CSV as text: validation, not the parser, judges each value
+    except BarsInputError as exc:
+        raise FilesInputError(str(exc), exc.reason_code, path) from exc
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     if frame.empty:
         raise FilesInputError(f"{path.name}: no rows", ReasonCode.EMPTY_INPUT, path)

@@ -29,19 +29,16 @@ from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.ledger import LedgerStore, SqlAuditStore, create_ledger_engine, upgrade_ledger
 from ais_pipelines.oms import OrderManagementSystem, client_order_id_for
 from tests.stubs.alpaca_trading_stub import NOT_UNIQUE, AlpacaTradingStub
-from tests.stubs.http_stub import StubResponse, loopback_only
+from tests.stubs.http_stub import (
+    StubResponse,
+    loopback_guard,  # noqa: F401  (autouse: loopback only)
+    )
 
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)  # a Tuesday, 10:00 in New York: NYSE open
 KEY = bytes(range(32))
 CID = "ais-test-0001"
 
 
-@pytest.fixture(autouse=True)
-def loopback_guard():
-    """Fail the test if anything tries to reach a non-loopback host."""
-    with loopback_only() as violations:
-        yield
-    assert not violations, f"non-loopback network access: {violations}"
 
 
 @pytest.fixture

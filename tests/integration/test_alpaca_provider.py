@@ -20,7 +20,13 @@ from ais_pipelines.market_data.base import (
     ProviderTransientError,
 )
 from tests.stubs.alpaca_stub import CRYPTO_BARS, STOCK_BARS, AlpacaDataStub, make_daily_bars, rfc3339
-from tests.stubs.http_stub import NonLoopbackAccess, RecordedRequest, StubResponse, loopback_only
+from tests.stubs.http_stub import (
+    NonLoopbackAccess,
+    RecordedRequest,
+    StubResponse,
+    loopback_guard,  # noqa: F401  (autouse: loopback only)
+    loopback_only,
+)
 from tests.stubs.yahoo_stub import trading_days
 
 DAYS = trading_days(date(2024, 1, 2), 5)  # 2024-01-02 .. 2024-01-08
@@ -29,12 +35,6 @@ BTC = InstrumentRequest("BTC-USD", AssetClass.CRYPTO)
 MAX_ATTEMPTS = 3
 
 
-@pytest.fixture(autouse=True)
-def loopback_guard():
-    """Fail the test if anything tries to reach a non-loopback host."""
-    with loopback_only() as violations:
-        yield
-    assert not violations, f"non-loopback network access: {violations}"
 
 
 @pytest.fixture

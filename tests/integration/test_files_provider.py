@@ -53,7 +53,7 @@ def test_bad_inputs_get_reason_codes_and_good_symbols_still_load(policies_dir: P
     write_csv(files, "AAPL.csv", good_frame("AAPL"))  # clean, one file per symbol
     # MSFT: strings in numeric columns, NaNs, an intraday row, negative volume, a duplicated row.
     msft = good_frame("MSFT")
-    msft.loc[10, "close"] = "n/a"
+    msft.loc[10, "close"] = "12,5 USD"
     msft.loc[11, "open"] = None
     msft.loc[12, "date"] = msft.loc[12, "date"] + " 14:30:00"
     msft.loc[13, "volume"] = -5

@@ -23,7 +23,11 @@ from ais_pipelines.market_data.base import (
     ProviderTransientError,
 )
 from ais_pipelines.market_data.yahoo import YahooProvider, to_yahoo_symbol
-from tests.stubs.http_stub import StubResponse, loopback_only
+from tests.stubs.http_stub import (
+    StubResponse,
+    loopback_guard,  # noqa: F401  (autouse: loopback only)
+    loopback_only,
+)
 from tests.stubs.yahoo_stub import CHART, COOKIE, CRUMB, CRUMB_VALUE, YahooBar, YahooStub, stamp, trading_days
 
 DAYS = trading_days(date(2024, 1, 2), 5)  # 2024-01-02 .. 2024-01-08
@@ -32,12 +36,6 @@ BTC = InstrumentRequest("BTC/USD", AssetClass.CRYPTO)
 MAX_ATTEMPTS = 3
 
 
-@pytest.fixture(autouse=True)
-def loopback_guard():
-    """Fail the test if anything tries to reach a non-loopback host."""
-    with loopback_only() as violations:
-        yield
-    assert not violations, f"non-loopback network access: {violations}"
 
 
 @pytest.fixture(autouse=True)

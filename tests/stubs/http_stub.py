@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 JSONLike = dict[str, Any] | list[Any]
 
 
@@ -382,3 +384,11 @@ def loopback_only() -> Iterator[list[str]]:
             else:
                 setattr(owner, name, fn)
         os.environ.update(saved_env)
+
+
+@pytest.fixture(autouse=True)
+def loopback_guard():
+    """Fail the test if anything tries to reach a non-loopback host (import it into a module)."""
+    with loopback_only() as violations:
+        yield
+    assert not violations, f"non-loopback network access: {violations}"
