@@ -122,7 +122,28 @@ def read_bars(
 def replace_partition(
     con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, key: str, value: object
 ) -> int:
-    """Atomically replace the rows of ``table`` whose ``key`` equals ``value`` with ``frame``."""
+    """Atomically replace the rows of ``table`` whose ``key`` equals ``value`` with ``frame``.
+
+    An empty ``frame`` empties the partition; if the table does not exist yet it is still
+    created with the frame's columns, so downstream readers (dbt marts) can rely on it.
+    """
+    if frame.empty:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if table_exists(con, table):
+                con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
+            else:
+                con.register("empty_partition", frame.drop(columns=[key], errors="ignore"))
+                try:
+                    con.execute(f'CREATE TABLE "{table}" AS SELECT *, CAST(NULL AS DATE) AS "{key}" '
+                                "FROM empty_partition LIMIT 0")
+                finally:
+                    con.unregister("empty_partition")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        return 0
     frame = frame.copy()
     frame[key] = value
     con.register("incoming_partition", frame)

@@ -25,7 +25,7 @@ from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.trading_state import TradingMode
 from ais_pipelines.ledger.store import SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
-from ais_pipelines.warehouse import append_rows, read_table, replace_partition, table_exists
+from ais_pipelines.warehouse import append_rows, read_table, replace_partition
 from assets._common import md_table
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.policies import PoliciesResource
@@ -45,24 +45,14 @@ APPROVAL_TTL_S = 300  # an approval is good for 5 minutes of the execution clock
 
 
 def write_partition(con: Any, table: str, frame: pd.DataFrame, as_of: Any) -> int:
-    """``replace_partition`` that also handles an empty frame: the partition is emptied and a missing
-    table is still created with the frame's schema (downstream marts can rely on it existing)."""
+    """``replace_partition`` with text columns typed as text, so an all-None column (common in an
+    empty or all-approved session) still gets a type the dbt marts can rely on."""
     out = frame.drop(columns=["as_of"], errors="ignore").copy()
     for col in out.columns:
         if out[col].dtype == object:  # text columns: an all-None column still gets a type
             out[col] = out[col].map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
             out[col] = out[col].astype("string")
-    if not out.empty:
-        return replace_partition(con, table, out, "as_of", as_of)
-    if table_exists(con, table):
-        con.execute(f'DELETE FROM "{table}" WHERE as_of = ?', [as_of])
-    else:
-        con.register("empty_partition", out)
-        try:
-            con.execute(f'CREATE TABLE "{table}" AS SELECT *, CAST(NULL AS DATE) AS as_of FROM empty_partition LIMIT 0')
-        finally:
-            con.unregister("empty_partition")
-    return 0
+    return replace_partition(con, table, out, "as_of", as_of)
 
 
 def read_partition(con: Any, table: str, as_of: Any) -> pd.DataFrame:
