@@ -215,6 +215,15 @@ def load_environment_policy(
     return EnvironmentPolicy(env, policy, base.digest, tuple(applied), str(path), digest)
 
 
+def load_execution_policies(policies: Any, env: str | None = None) -> EnvironmentPolicy:
+    """Everything the execution path depends on, loaded and validated at the start of a run,
+    before the first quote: universe, mandate, risk limits, pre-trade rules, vetoes and the
+    environment overlay. Any problem raises (PolicyError / PolicyFileError): nothing is sent."""
+    for name in ("universe", "mandate", "risk", "quality"):
+        getattr(policies, name)
+    return load_environment_policy(env, policy_dir=policies.directory)
+
+
 # --------------------------------------------------------------------------------------------
 # the nightly decision and its context, read from the warehouse
 
@@ -1177,6 +1186,50 @@ def verify_executed_approvals(ledger: LedgerStore, key: bytes, as_of: date | str
                      "symbol": o.symbol, "approval_id": o.approval_id, "state": str(o.state),
                      "ok": problem is None, "problem": problem})
     return pd.DataFrame(rows, columns=["client_order_id", "order_id", "symbol", "approval_id", "state", "ok", "problem"])
+
+
+def session_orders(ledger: LedgerStore, as_of: date | str) -> list[Any]:
+    """Ledger orders whose signed payload belongs to session ``as_of``."""
+    day = str(pd.Timestamp(as_of).date())
+    return [o for o in ledger.list_orders() if isinstance(o.payload, dict) and o.payload.get("as_of") == day]
+
+
+def unresolved_intents(ledger: LedgerStore, as_of: date | str) -> list[Any]:
+    """Intents of ``as_of`` that are neither known to the broker nor closed: NEW (never sent) or
+    SUBMITTED without a broker acknowledgement. A session with any of them is not finished."""
+    return [o for o in session_orders(ledger, as_of)
+            if o.state is OrderState.NEW or (o.state is OrderState.SUBMITTED and not o.broker_order_id)]
+
+
+def recover_intents(oms: OrderManagementSystem) -> Any:
+    """Step 0 of every execution (and of reconciliation): settle every open intent by client
+    order id against the broker before anything is decided — adopt what the broker has, send
+    once what it never received while the approval is valid, else close it with a reason code.
+    Returns the OMS :class:`~ais_pipelines.oms.oms.RecoveryReport`."""
+    return oms.recover()
+
+
+class SessionNotClosedError(RuntimeError):
+    """Intents of the session are still unresolved: no executed marker; the next run recovers them."""
+
+    reason_code = ReasonCode.INTENTS_UNRESOLVED
+
+    def __init__(self, as_of: date | str, pending: Sequence[Any]):
+        self.pending = list(pending)
+        ids = ", ".join(f"{o.client_order_id} ({o.state})" for o in self.pending[:10])
+        super().__init__(f"{ReasonCode.INTENTS_UNRESOLVED}: session {as_of} keeps {len(self.pending)} unresolved "
+                         f"intent(s): {ids}; the session stays open and the next run recovers them")
+
+
+def close_session(ledger: LedgerStore, audit: AuditChain, as_of: date | str, summary: Mapping[str, Any],
+                  now: datetime) -> None:
+    """Write the executed marker of ``as_of`` — only when none of its intents is unresolved."""
+    pending = unresolved_intents(ledger, as_of)
+    if pending:
+        raise SessionNotClosedError(as_of, pending)
+    ledger.record_execution_event(EXECUTED_MARKER, now=now, payload=dict(summary))
+    audit_or_halt(audit, ledger, "execution.completed", "oms", f"session:{as_of}", dict(summary),
+                  [ReasonCode.ALREADY_EXECUTED], now)
 
 
 def executed_marker(ledger: LedgerStore, as_of: date | str) -> dict[str, Any] | None:

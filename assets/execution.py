@@ -23,12 +23,14 @@ from ais_pipelines import execution as ex
 from ais_pipelines.core.audit import verify_store
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.trading_state import TradingMode
+from ais_pipelines.ledger.leases import ExecutionInProgressError, acquire_lease, release_lease
 from ais_pipelines.ledger.store import SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
 from ais_pipelines.warehouse import append_rows, read_table, replace_partition
 from assets._common import md_table
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.policies import PoliciesResource
+from resources.runs import LEASE_OWNER_TAG, lease_owner_gone
 from resources.trading import (
     BrokerResource,
     ExecutionClockResource,
@@ -59,6 +61,36 @@ def read_partition(con: Any, table: str, as_of: Any) -> pd.DataFrame:
     return read_table(con, table, "as_of = ?", [as_of])
 
 
+def lease_owner(context: dg.AssetExecutionContext) -> str:
+    """Who executes: the CLI's token when it took the lease first, else this run."""
+    return context.run.tags.get(LEASE_OWNER_TAG) or context.run.run_id
+
+
+def claim_session(context: dg.AssetExecutionContext, ledger: LedgerResource, as_of: Any) -> None:
+    """Single flight (§I2): take or renew the session's lease before anything touches a broker."""
+    try:
+        lease = acquire_lease(ledger.store(), str(as_of), lease_owner(context),
+                              owner_gone=lease_owner_gone(context.instance))
+    except ExecutionInProgressError as exc:
+        raise dg.Failure(str(exc), metadata={"reason_code": str(exc.reason_code)}, allow_retries=False) from exc
+    if lease.taken_over_from:
+        context.log.warning(f"lease of {as_of} taken over from dead owner {lease.taken_over_from}")
+
+
+def require_policies(pol: Any) -> ex.EnvironmentPolicy:
+    """Fail closed (§0): every policy the execution path depends on, loaded before the first quote."""
+    try:
+        return ex.load_execution_policies(pol)
+    except (ex.PolicyError, ValueError, OSError) as exc:
+        raise dg.Failure(f"{ReasonCode.POLICY_UNREADABLE}: {exc}",
+                         metadata={"reason_code": str(ReasonCode.POLICY_UNREADABLE)}, allow_retries=False) from exc
+
+
+def recovery_metadata(report: Any) -> dict[str, int]:
+    """How many open intents the start-of-run recovery adopted, sent, closed or could not settle."""
+    return {f"recovery_{k}": len(v) for k, v in vars(report).items()}
+
+
 def pnl_history(con: Any) -> pd.DataFrame:
     return read_table(con, "pnl_history")
 
@@ -83,10 +115,15 @@ def execution_context(
     execution_clock: ExecutionClockResource,
     broker: BrokerResource,
 ) -> dg.MaterializeResult:
-    signing_key.key()  # fail closed before anything is opened
+    key = signing_key.key()  # fail closed before anything is opened
     pol, as_of = policies.load(), partition_as_of(context).date()
+    claim_session(context, ledger, as_of)
+    require_policies(pol)
     with warehouse.get_connection() as con:
         session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker)
+        # Recovery first: the book the policy sees must include what a crashed run left behind.
+        oms = OrderManagementSystem(session.ledger, session.broker, key, session.clock, session.audit)
+        recovery = ex.recover_intents(oms)
         history = pnl_history(con)
         ic = ex.assemble_context(session, session.snapshot.proposals, history)
         write_partition(con, "execution_context", ic.context, as_of)
@@ -113,6 +150,7 @@ def execution_context(
             "daily_drawdown": float(ic.book.daily_drawdown),
             "quotes_missing": int(ic.quotes["mid"].isna().sum()),
             "exec_fill_count": float(ic.stats.get("exec_fill_count", 0.0)),
+            **recovery_metadata(recovery),
             "context": md_table(ic.context[shown]),
             "quotes": md_table(ic.quotes.drop(columns=["quote_error"])),
             "book": md_table(book),
@@ -142,10 +180,8 @@ def approved_orders(
 ) -> dg.MaterializeResult:
     key = signing_key.key()
     pol, as_of = policies.load(), partition_as_of(context).date()
-    try:
-        env_policy = ex.load_environment_policy(policy_dir=pol.directory)
-    except ex.PolicyError as exc:
-        raise dg.Failure(f"{ReasonCode.POLICY_UNREADABLE}: {exc}", allow_retries=False) from exc
+    claim_session(context, ledger, as_of)
+    env_policy = require_policies(pol)
     store = ledger.store()
     clock = execution_clock.clock(as_of)
     now = clock.now()
@@ -211,25 +247,33 @@ def executed_orders(
 ) -> dg.MaterializeResult:
     key = signing_key.key()
     pol, as_of = policies.load(), partition_as_of(context).date()
+    claim_session(context, ledger, as_of)
+    require_policies(pol)
     with warehouse.get_connection() as con:
-        session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker)
+        session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker,
+                                       not_before=ex.latest_activity(ledger.store()))
         decisions = read_partition(con, "governance_decisions", as_of)
         ids = [] if decisions.empty else decisions.loc[decisions["decision"] == "APPROVE", "approval_id"].dropna()
         approved = ex.approved_orders_from_ledger(session.ledger, list(ids))
         oms = OrderManagementSystem(session.ledger, session.broker, key, session.clock, session.audit)
+        recovery = ex.recover_intents(oms)  # a crashed earlier run's intents first, by client order id
         outcome = ex.execute(oms, session.broker, approved, session.clock, broker.ticks, broker.tick_interval_s)
         write_partition(con, "execution_orders", outcome.orders, as_of)
         write_partition(con, "execution_fills", outcome.fills, as_of)
     summary = {"as_of": str(as_of), "orders": len(outcome.orders), "fills": len(outcome.fills),
                "started_at": outcome.started_at.isoformat(), "ended_at": outcome.ended_at.isoformat()}
-    session.ledger.record_execution_event(ex.EXECUTED_MARKER, now=outcome.ended_at, payload=summary)
-    ex.audit_or_halt(session.audit, session.ledger, "execution.completed", "oms", f"session:{as_of}", summary,
-                     [ReasonCode.ALREADY_EXECUTED], outcome.ended_at)
+    try:
+        ex.close_session(session.ledger, session.audit, as_of, summary, outcome.ended_at)
+    except ex.SessionNotClosedError as exc:
+        raise dg.Failure(str(exc), metadata={"reason_code": str(exc.reason_code),
+                                             "unresolved": len(exc.pending), **recovery_metadata(recovery)},
+                         allow_retries=False) from exc
     states = outcome.orders["state"].value_counts().to_dict() if len(outcome.orders) else {}
     filled_notional = float((outcome.fills["qty"] * outcome.fills["price"]).sum()) if len(outcome.fills) else 0.0
     return dg.MaterializeResult(
         metadata={
             **summary,
+            **recovery_metadata(recovery),
             "broker_mode": str(getattr(session.broker, "mode", "")),
             "ticks_worked": outcome.ticks,
             "filled": int(states.get("FILLED", 0)),
@@ -332,6 +376,8 @@ def portfolio_state(
 ) -> dg.MaterializeResult:
     key = signing_key.key()
     pol, as_of = policies.load(), partition_as_of(context).date()
+    claim_session(context, ledger, as_of)
+    require_policies(pol)
     store = ledger.store()
     marker = ex.executed_marker(store, as_of) or {}
     ended = pd.Timestamp(marker["ended_at"]).to_pydatetime() if marker.get("ended_at") else None
@@ -357,6 +403,7 @@ def portfolio_state(
                "reason_codes": ";".join(map(str, status.reason_codes)), "valued_at": session.clock.now()}
         write_partition(con, "pnl_history", pd.DataFrame([row]), as_of)
         write_partition(con, "positions_snapshot", state.positions, as_of)
+    release_lease(store, str(as_of), lease_owner(context))  # the last step of the session's run
     s = state.summary()
     return dg.MaterializeResult(
         metadata={
@@ -410,8 +457,11 @@ def broker_reconciliation(
     ledger: LedgerResource,
     execution_clock: ExecutionClockResource,
     broker: BrokerResource,
+    signing_key: SigningKeyResource,
 ) -> dg.MaterializeResult:
     session = open_reconciliation_session(policies.load(), ledger, execution_clock, broker)
+    oms = OrderManagementSystem(session.ledger, session.broker, signing_key.key(), session.clock, session.audit)
+    recovery = ex.recover_intents(oms)  # the same recovery as every execution start
     now = session.clock.now()
     report = ex.reconcile_book(session.ledger, session.broker)
     status = ex.record_reconciliation(session.ledger, session.audit, report, now)
@@ -429,6 +479,7 @@ def broker_reconciliation(
             "mismatch_count": len(report.mismatches),
             "by_kind": json.dumps(summary["by_kind"]),
             "trading_mode": str(status.mode),
+            **recovery_metadata(recovery),
             "mismatches": md_table(report.mismatches.drop(columns=["reason_code"])),
         },
         check_results=[

@@ -193,6 +193,19 @@ execution_events = Table(
     Index("ix_execution_events_client_order_id", "client_order_id"),
 )
 
+# Single flight per session (§I2): at most one execution of an as-of session at a time. The
+# primary key is the guard; a dead owner's row is taken over by compare-and-set on ``owner``.
+execution_leases = Table(
+    "execution_leases",
+    metadata,
+    Column("session", String(32), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("owner_pid", Integer, nullable=False),
+    Column("owner_host", String(255), nullable=False),
+    Column("acquired_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

@@ -682,6 +682,8 @@ class OrderManagementSystem:
                 report.mismatches.append(cid)
                 continue
             self._recover_unsent(rec, report)
+        if not any(vars(report).values()):
+            return report  # nothing was open: nothing to record
         self._audit(
             "oms.recovered",
             "oms",
@@ -710,6 +712,8 @@ class OrderManagementSystem:
         except ApprovalError as exc:
             event = OrderEvent.EXPIRE if exc.reason is ReasonCode.APPROVAL_EXPIRED else OrderEvent.REJECT
             codes = [ReasonCode.RECOVERED_AFTER_RESTART, exc.reason]
+            if event is OrderEvent.EXPIRE:
+                codes.append(ReasonCode.INTENT_EXPIRED_AFTER_CRASH)
             self.ledger.apply_order_event(cid, event, now=now, reason_codes=codes, detail={"error": str(exc)})
             self._audit(
                 "order.recovery_closed", f"order:{cid}", {"error": str(exc), "event": str(event)}, codes

@@ -38,6 +38,7 @@ T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)
 EXPIRES = T0 + timedelta(minutes=15)
 TABLES = {
     "approvals",
+    "execution_leases",
     "review_queue",
     "trading_state",
     "orders",
@@ -127,7 +128,7 @@ def fill(fid: str, qty: float, price: float, cid: str = "cid-1", side: str = "BU
 def test_migrations_are_idempotent_and_match_the_models(engine):
     upgrade_ledger(engine)
     upgrade_ledger(engine)  # a second startup changes nothing
-    assert current_revision(engine) == head_revision() == "0001"
+    assert current_revision(engine) == head_revision() == "0002"
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), m.metadata)
