@@ -10,7 +10,8 @@ import typer
 
 from ais_pipelines.config import REPO_ROOT, Policies, PolicyFileError
 
-app = typer.Typer(help="AIS Pipelines operations.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="AIS Pipelines operations. Add --debug to any command for a traceback on error.",
+                  no_args_is_help=True, add_completion=False)
 quality_app = typer.Typer(help="Data quality.", no_args_is_help=True)
 policies_app = typer.Typer(help="Declarative policies.", no_args_is_help=True)
 app.add_typer(quality_app, name="quality")
@@ -191,5 +192,16 @@ from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (moun
 
 _register_ops(app)
 
+def main() -> None:
+    """The console entry point: private files (umask 077) and one-line errors (``--debug``: traceback)."""
+    import sys
+
+    from ais_pipelines.cli_errors import run_cli
+    from ais_pipelines.runtime_files import private_umask
+
+    private_umask()
+    sys.exit(run_cli(app))
+
+
 if __name__ == "__main__":
-    app()
+    main()

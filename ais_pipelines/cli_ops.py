@@ -224,17 +224,43 @@ def ensure_dev_signing_key(root: Path, env: str) -> Path | None:
     return path
 
 
+def parse_session(value: str | None) -> str | None:
+    """``--as-of`` as an ISO date (a usage error, exit 2, otherwise)."""
+    if value is None:
+        return None
+    import pandas as pd
+
+    try:
+        return str(pd.Timestamp(value).date()) if len(value.strip()) == 10 else _bad_date(value)
+    except (ValueError, TypeError):
+        return _bad_date(value)
+
+
+def _bad_date(value: str) -> str:
+    raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--as-of")
+
+
 def execute(
-    as_of: str = typer.Option(None, "--as-of", help="As-of session D (default: the latest nightly partition)."),
+    as_of: str = typer.Option(None, "--as-of", help="As-of session D, YYYY-MM-DD (default: the latest nightly "
+                              "partition).", callback=parse_session),
     dev_key: bool = typer.Option(False, "--dev-key", help="local/ci: create and use runtime/approval.key if "
                                  "no signing key is configured."),
 ) -> None:
-    """One intraday execution of D on the configured broker, if every gate is green; prints the result."""
+    """One intraday execution of D on the configured broker, if every gate is green; prints the result.
+
+    Single flight: the session's lease is taken before anything runs, so a second ``ais execute``
+    of the same session refuses (EXECUTION_IN_PROGRESS, exit 1) without touching a broker. Runs
+    left behind by a killed process are released first (their pool slots would block this one).
+    """
+    import uuid
+
     import dagster as dg
 
     from ais_pipelines.cli import QUIET_LOGS, ensure_dagster_home
     from ais_pipelines.core.reason_codes import ReasonCode
+    from ais_pipelines.ledger.leases import ExecutionInProgressError, acquire_lease, release_lease
     from assets import execution as exec_assets
+    from resources.runs import LEASE_OWNER_TAG, lease_owner_gone, process_tags, reap_dead_runs
     from sensors.execution import execution_gate
 
     ensure_dagster_home()
@@ -244,7 +270,10 @@ def execute(
         if made is not None:
             typer.echo(f"using development signing key {made}")
     instance = dg.DagsterInstance.get()
-    gate = execution_gate(instance, warehouse=ops.resources["warehouse"], ledger=ops.ledger.store(),
+    for run_id in reap_dead_runs(instance):
+        typer.echo(f"released stale run {run_id} ({ReasonCode.STALE_RUN_RELEASED})")
+    store = ops.ledger.store()
+    gate = execution_gate(instance, warehouse=ops.resources["warehouse"], ledger=store,
                           execution_clock=ops.resources["execution_clock"], as_of=as_of)
     if gate.reason_code is ReasonCode.ALREADY_EXECUTED:
         typer.echo(f"SKIP {gate.skip_reason()}")
@@ -252,7 +281,13 @@ def execute(
         return
     if not gate.ok:
         raise _die(f"SKIP {gate.skip_reason()}")
-    typer.echo(f"executing {gate.as_of} at {gate.now.isoformat() if gate.now else '?'} ({ops.env}) …")
+    day = str(gate.as_of)
+    owner = f"cli:{uuid.uuid4()}"
+    try:
+        acquire_lease(store, day, owner, owner_gone=lease_owner_gone(instance))
+    except ExecutionInProgressError as exc:
+        raise _die(str(exc)) from exc
+    typer.echo(f"executing {day} at {gate.now.isoformat() if gate.now else '?'} ({ops.env}) …")
     # The same job the sensor launches (same name in the UI and for the reconciliation sensor).
     defs = dg.Definitions(
         assets=dg.load_assets_from_modules([exec_assets]),
@@ -260,13 +295,16 @@ def execute(
         jobs=[exec_assets.intraday_execution_job],
         resources=ops.resources,
     )
-    result = defs.resolve_job_def("intraday_execution_job").execute_in_process(
-        partition_key=str(gate.as_of),
-        instance=instance,
-        raise_on_error=False,
-        run_config=QUIET_LOGS,
-        tags={"ais/as_of": str(gate.as_of), "ais/trigger": "cli"},
-    )
+    try:
+        result = defs.resolve_job_def("intraday_execution_job").execute_in_process(
+            partition_key=day,
+            instance=instance,
+            raise_on_error=False,
+            run_config=QUIET_LOGS,
+            tags={"ais/as_of": day, "ais/trigger": "cli", LEASE_OWNER_TAG: owner, **process_tags()},
+        )
+    finally:
+        release_lease(store, day, owner)
     for c in result.get_asset_check_evaluations():
         typer.echo(f"  check {c.check_name}: {'passed' if c.passed else 'FAILED'}")
     if not result.success:
@@ -274,7 +312,7 @@ def execute(
         for e in failed:
             typer.echo(f"  failed step {e.step_key}: {e.event_specific_data.error.message.strip()}", err=True)
         raise typer.Exit(1)
-    _print_session(ops, str(gate.as_of))
+    _print_session(ops, day)
 
 
 def _print_session(ops: OpsEnv, as_of: str) -> None:

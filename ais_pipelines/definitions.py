@@ -44,12 +44,14 @@ def resources_for(env: str, runtime_root: str) -> dict[str, object]:
 
 
 def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
+    from ais_pipelines.runtime_files import private_umask
     from assets import control, execution, ingestion, intelligence, portfolio, quality, reporting
     from sensors.execution import execution_sensor, reconciliation_sensor
     from sensors.schedules import nightly_schedule, refit_schedule
 
     env = env or os.environ.get("AIS_ENV", "local")
     root = runtime_root or os.environ.get("AIS_RUNTIME_DIR", "runtime")
+    private_umask()  # ledger, warehouse, raw archive, keys: owner-only in every process of the location
     policies = Policies()
 
     asset_modules = [ingestion, quality, intelligence, portfolio, execution]

@@ -5,6 +5,7 @@ only when all of these hold, checked in this order; otherwise it returns a ``Ski
 that starts with the reason code:
 
 =====================  =========================================================================
+WAREHOUSE_MISSING      the warehouse file does not exist (nothing was ever materialized here)
 ALREADY_EXECUTED       the ledger holds the INTRADAY_EXECUTED marker for D (run key ``execute-D``
                        also deduplicates inside Dagster)
 UPSTREAM_CHECK_FAILED  the latest evaluation *for partition D* of every required check
@@ -14,6 +15,7 @@ UPSTREAM_CHECK_FAILED  the latest evaluation *for partition D* of every required
                        materialization and passed — a WARN-severity failure (symbols excluded,
                        the system goes on) counts as passed, exactly like Dagster's blocking
                        semantics; ERROR, missing, in progress or stale fail closed
+EXECUTION_IN_PROGRESS  a live execution holds D's lease (single flight)
 NO_PROPOSALS           D has no order_proposals rows with status PROPOSED, or the clock is already
                        past the session after D (yesterday's decision is not today's)
 TRADING_HALTED /       the ledger's trading state (REDUCING may run: the OMS admits only
@@ -30,6 +32,7 @@ intraday execution is running (half-worked orders are not a mismatch).
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -43,8 +46,10 @@ from ais_pipelines.core.calendars import is_open_at
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.trading_state import TradingMode
 from ais_pipelines.execution import book_fingerprint, executed_marker, reconcile_book
+from ais_pipelines.ledger.leases import current_lease, lease_is_stale
 from ais_pipelines.ledger.store import LedgerStore
 from resources.policies import PoliciesResource
+from resources.runs import lease_owner_gone, reap_dead_runs
 from resources.trading import (
     BrokerResource,
     ExecutionClockResource,
@@ -161,11 +166,19 @@ def execution_gate(
     as_of: str | None = None,
 ) -> GateDecision:
     """Every condition of the module docstring, in order; the first that fails is the answer."""
+    database = getattr(warehouse, "database", None)
+    if database and database != ":memory:" and not Path(database).exists():
+        return GateDecision(as_of, ReasonCode.WAREHOUSE_MISSING,
+                            f"no warehouse at {database}: the nightly job has not run here")
     day = as_of or latest_proposals_partition(instance)
     if day is None:
         return GateDecision(None, ReasonCode.NO_PROPOSALS, "order_proposals has never been materialized")
     if executed_marker(ledger, day) is not None:
         return GateDecision(day, ReasonCode.ALREADY_EXECUTED, f"session {day} was already executed")
+    holder = current_lease(ledger, day)
+    if holder is not None and not lease_is_stale(holder, lease_owner_gone(instance)):
+        return GateDecision(day, ReasonCode.EXECUTION_IN_PROGRESS,
+                            f"session {day} is being executed by {holder.owner} (pid {holder.owner_pid})")
     checks = {f"{k.asset_key.to_user_string()}:{k.name}": check_outcome(instance, k, day) for k in REQUIRED_CHECKS}
     failed = {k: why for k, (ok, why) in checks.items() if not ok}
     described = {k: why for k, (_ok, why) in checks.items()}
@@ -217,12 +230,20 @@ def execution_sensor(job: Any, policies: Policies) -> dg.SensorDefinition:
         ledger: LedgerResource,
         execution_clock: ExecutionClockResource,
     ) -> dg.RunRequest | dg.SkipReason:
+        for run_id in reap_dead_runs(context.instance):  # a killed run must not block the next one
+            context.log.warning(f"{ReasonCode.STALE_RUN_RELEASED}: {run_id}")
         gate = execution_gate(context.instance, warehouse=warehouse, ledger=ledger.store(),
                               execution_clock=execution_clock)
         if not gate.ok:
             return dg.SkipReason(gate.skip_reason())
+        # One run key per attempt: after a failed or killed run of D the next tick relaunches
+        # (recovery settles what the dead run left); a live run of D is never doubled.
+        attempts = context.instance.get_run_records(dg.RunsFilter(job_name=EXECUTION_JOB,
+                                                                  tags={"ais/as_of": str(gate.as_of)}))
+        if any(r.dagster_run.status in ACTIVE_RUN_STATUSES for r in attempts):
+            return dg.SkipReason(f"{ReasonCode.EXECUTION_IN_PROGRESS}: a run of {gate.as_of} is active")
         return dg.RunRequest(
-            run_key=f"execute-{gate.as_of}",
+            run_key=f"execute-{gate.as_of}" + (f"-attempt-{len(attempts) + 1}" if attempts else ""),
             partition_key=gate.as_of,
             tags={"ais/as_of": str(gate.as_of), "ais/trigger": "execution_sensor"},
         )

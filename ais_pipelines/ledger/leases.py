@@ -75,6 +75,14 @@ def process_alive(pid: int, host: str) -> bool:
         return True
 
 
+def lease_is_stale(lease: Lease, owner_gone: Callable[[Lease], bool] | None = None,
+                   now: datetime | None = None) -> bool:
+    """Whether ``lease`` may be taken over: expired, its process dead, or its owner declared gone."""
+    now = now or datetime.now(UTC)
+    return (lease.expires_at <= now or not process_alive(lease.owner_pid, lease.owner_host)
+            or bool(owner_gone and owner_gone(lease)))
+
+
 def current_lease(store: LedgerStore, session: str) -> Lease | None:
     with store.transaction() as conn:
         r = conn.execute(select(m.execution_leases).where(m.execution_leases.c.session == session)).first()
@@ -111,9 +119,7 @@ def acquire_lease(
             conn.execute(update(m.execution_leases).where(t.session == session, t.owner == owner)
                          .values(owner_pid=pid, owner_host=host, expires_at=expires))
             return Lease(session, owner, pid, host, held.acquired_at, expires)
-        expired = held.expires_at <= now
-        gone = expired or not process_alive(held.owner_pid, held.owner_host) or bool(owner_gone and owner_gone(held))
-        if not gone:
+        if not lease_is_stale(held, owner_gone, now):
             raise ExecutionInProgressError(held)
         won = conn.execute(
             update(m.execution_leases)

@@ -36,6 +36,7 @@ from ais_pipelines.core.order_states import (
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.trading_state import TradingMode, TradingStatus, initial_status
 from ais_pipelines.ledger import models as m
+from ais_pipelines.runtime_files import private_file
 
 DEFAULT_LEDGER_URL = "sqlite:///runtime/ledger.sqlite"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -104,7 +105,12 @@ def create_ledger_engine(url: str = DEFAULT_LEDGER_URL, **kwargs: Any) -> Engine
         kwargs.setdefault("poolclass", StaticPool)
         kwargs.setdefault("connect_args", {"check_same_thread": False})
     else:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        parent = Path(database).parent
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=0o700)  # a directory we create is owner-only
+        if not Path(database).exists():
+            private_file(database)  # positions and approvals: owner-only from the first byte (SQLite
+            # creates -wal/-shm with the database's mode)
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -28,7 +28,7 @@ from ais_pipelines.ledger.store import LedgerStore
 from resources.policies import PoliciesResource
 from resources.trading import BrokerResource, ExecutionClockResource, LedgerResource, SigningKeyResource
 from tests.faults.crash_harness import POINTS, crash_then_restart
-from tests.integration.test_execution import D, EXECUTION_ASSETS, EXECUTION_CHECKS, query, write_nightly
+from tests.integration.test_execution import EXECUTION_ASSETS, EXECUTION_CHECKS, D, query, write_nightly
 from tests.stubs.alpaca_trading_stub import AlpacaTradingStub
 
 # Two orders the shipped policy approves.

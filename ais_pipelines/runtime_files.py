@@ -1,0 +1,37 @@
+"""Owner-only runtime files (issue 10, item 7): the runtime directory, ledger, warehouse and
+key file hold positions, approvals and secrets — nobody but their owner reads them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE_UMASK = 0o077
+
+
+def private_umask() -> int:
+    """Files and directories this process creates from now on are owner-only. Returns the old mask."""
+    return os.umask(PRIVATE_UMASK)
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) as needed; the directory itself is made 0700."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(p, 0o700)
+    return p
+
+
+def private_file(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` empty if missing, with mode 0600 from the first instant (no chmod race)."""
+    p = Path(path)
+    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(p, 0o600)
+    return p
+
+
+def restrict(path: str | os.PathLike[str]) -> None:
+    """Make an existing file (and SQLite's -wal/-shm companions) owner-only."""
+    for candidate in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.wal")):
+        if candidate.exists():
+            os.chmod(candidate, 0o600)
