@@ -61,6 +61,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
 
     nightly_job = dg.define_asset_job(
         "nightly_job",
+        tags={"dagster/max_runtime": 3600},  # run monitoring: a hung night is cancelled, never blocks
         selection=dg.AssetSelection.groups("ingestion", "quality", "intelligence", "portfolio"),
         description="Nightly, for as-of session D: ingest → quality → features → regime → forecasts → "
         "decay → lifecycle → candidates → scenarios → auction → CVaR → order proposals for D+1.",
@@ -74,6 +75,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     )
     reporting_job = dg.define_asset_job(
         "reporting_job",
+        tags={"dagster/max_runtime": 1800},
         selection=dg.AssetSelection.groups("reporting", "reporting_staging"),
         description="Ledger snapshot → dbt marts + tests → governance report and §J4 metrics for session D.",
         executor_def=dg.in_process_executor,

@@ -428,6 +428,7 @@ def portfolio_state(
 
 intraday_execution_job = dg.define_asset_job(
     "intraday_execution_job",
+    tags={"dagster/max_runtime": 1800},  # run monitoring cancels a hung execution (issue 10)
     selection=dg.AssetSelection.groups("execution"),
     partitions_def=as_of_partitions,
     executor_def=dg.in_process_executor,
@@ -495,6 +496,7 @@ def broker_reconciliation(
 
 reconciliation_job = dg.define_asset_job(
     "reconciliation_job",
+    tags={"dagster/max_runtime": 600},
     selection=dg.AssetSelection.assets(broker_reconciliation),
     executor_def=dg.in_process_executor,
     description="Compare the ledger with the broker; mismatches pause trading. Launched by reconciliation_sensor.",
