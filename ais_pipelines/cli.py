@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ais_pipelines.config import REPO_ROOT, Policies, PolicyFileError
+from ais_pipelines.config import REPO_ROOT, Policies
 
 app = typer.Typer(help="AIS Pipelines operations. Add --debug to any command for a traceback on error.",
                   no_args_is_help=True, add_completion=False)
@@ -179,13 +179,19 @@ def report(
 
 @policies_app.command("validate")
 def policies_validate(directory: Path = typer.Option(None, help="Policies directory.")) -> None:
-    """Load and validate every policy file; exit 1 naming the file, key and value on error."""
-    try:
-        loaded = Policies(directory).validate_all()
-    except PolicyFileError as exc:
-        typer.echo(f"INVALID {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo("valid: " + ", ".join(loaded))
+    """Validate every policy file, the rules between them and each environment's combined
+    overlay (local, ci, prod). One line per problem naming file, key and value; exit 1 on any."""
+    from ais_pipelines.execution import ENVIRONMENTS
+
+    policies = Policies(directory)
+    errors = policies.check()
+    for exc in errors:
+        for problem in exc.problems:
+            typer.echo(f"INVALID {exc.path}: {problem}", err=True)
+    if errors:
+        raise typer.Exit(1)
+    typer.echo(f"OK {policies.directory}: {len(Policies.FILES)} policy files, pre_trade + vetoes, "
+               f"environments {', '.join(ENVIRONMENTS)}")
 
 
 from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (mounts review/trading/audit/execute)

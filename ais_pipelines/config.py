@@ -8,6 +8,8 @@ that could not be read).
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from datetime import date, datetime
 from functools import cached_property
 from pathlib import Path
@@ -16,8 +18,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ais_pipelines.core.actors import SERVICE_ACTORS, ActorNotAuthorizedError, normalize_actor
 from ais_pipelines.core.asset_classes import AssetClass, classify_symbol
-from ais_pipelines.core.calendars import calendar_name
+from ais_pipelines.core.calendars import DEFAULT_CALENDARS, calendar_name, known_calendar_names
 from ais_pipelines.core.reason_codes import ReasonCode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +55,15 @@ class Instrument(_Strict):
     @classmethod
     def _upper(cls, v: str) -> str:
         return v.strip().upper()
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, v: str | None) -> str | None:
+        # A typo here would only surface when the first session is computed; refuse it now.
+        # (Imports exchange_calendars, lazily: only universes that override a calendar pay.)
+        if v is not None and v not in DEFAULT_CALENDARS.values() and v not in known_calendar_names():
+            raise ValueError(f"unknown calendar {v!r} (not an exchange_calendars name, e.g. XNYS, 24/5, 24/7)")
+        return v
 
     @property
     def resolved_class(self) -> AssetClass:
@@ -186,7 +198,8 @@ class ScorePolicy(_Strict):
 
 
 class GatePolicy(_Strict):
-    min_tradable_symbols: int = Field(default=1, ge=0)
+    # 0 would disable the gate: a universe with no tradable symbol must stop the night.
+    min_tradable_symbols: int = Field(default=1, ge=1)
 
 
 class QualityPolicy(_Strict):
@@ -268,12 +281,12 @@ class LifecyclePolicy(_Strict):
     nav_caps: dict[Literal["INCUBATING", "SCALING", "HARVESTING", "DECOMMISSIONED"], float]
     min_evaluation_days: int = Field(default=60, ge=1)
     promote_sharpe: float = 1.0
-    promote_max_drawdown: float = Field(default=0.05, gt=0)
+    promote_max_drawdown: float = Field(default=0.05, gt=0, le=1)
     promote_profit_factor: float = Field(default=1.3, gt=0)
     max_error_rate: float = Field(default=0.02, ge=0, le=1)
     demote_sharpe: float = 0.0
-    demote_drawdown: float = Field(default=0.08, gt=0)
-    decommission_drawdown: float = Field(default=0.15, gt=0)
+    demote_drawdown: float = Field(default=0.08, gt=0, le=1)
+    decommission_drawdown: float = Field(default=0.15, gt=0, le=1)
     decommission_error_rate: float = Field(default=0.10, gt=0, le=1)
     decommission_sharpe: float = -1.0
     decay_per_session: float = Field(default=0.01, ge=0, lt=1)
@@ -307,39 +320,157 @@ class StrategiesPolicy(_Strict):
 
 
 # --- mandate and risk (§F, §G, §H3) ---------------------------------------------------------
+def _symbol(v: str) -> str:
+    # Same spelling as the universe (upper case): a lower-case restriction must not miss.
+    return v.strip().upper()
+
+
 class EventBlackout(_Strict):
-    symbol: str
+    symbol: str = Field(min_length=1)
     start: datetime
     end: datetime
     why: str = ""
 
+    @field_validator("symbol")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return _symbol(v)
+
+    @model_validator(mode="after")
+    def _window(self) -> EventBlackout:
+        if self.end <= self.start:
+            raise ValueError(f"end: {self.end.isoformat()} is not after start {self.start.isoformat()}")
+        return self
+
 
 class MandatePolicy(_Strict):
+    # Caps and limits have no defaults: a limit missing from the file is an error, not a guess.
     nav: float = Field(gt=0)
     allowed_asset_classes: list[AssetClass]
     denied_symbols: list[str] = []
-    max_gross_exposure: float = Field(default=1.0, gt=0, le=1.0)
-    max_position_weight: float = Field(default=0.05, gt=0, le=1)
-    max_adv_participation: float = Field(default=0.05, gt=0, le=1)
-    min_order_notional: float = Field(default=100.0, ge=0)
+    max_gross_exposure: float = Field(gt=0, le=1.0)
+    max_position_weight: float = Field(gt=0, le=1)
+    max_adv_participation: float = Field(gt=0, le=1)
+    min_order_notional: float = Field(ge=0)
     event_blackouts: list[EventBlackout] = []
+
+    @field_validator("denied_symbols")
+    @classmethod
+    def _upper_denied(cls, v: list[str]) -> list[str]:
+        return [_symbol(s) for s in v]
 
     def symbol_allowed(self, symbol: str, asset_class: AssetClass | str) -> bool:
         return AssetClass(asset_class) in self.allowed_asset_classes and symbol not in self.denied_symbols
 
 
 class RiskPolicy(_Strict):
-    horizon_sessions: int = Field(default=5, ge=1)
-    scenario_lookback: int = Field(default=1260, ge=100)
-    scenario_weighting: Literal["equal", "regime"] = "equal"
-    alpha: float = Field(default=0.95, gt=0.5, lt=1)
-    portfolio_cvar_limit: float = Field(default=0.06, gt=0)
-    component_cvar_limit: float = Field(default=0.01, gt=0)
-    min_scale: float = Field(default=0.0, ge=0, le=1)
-    risk_aversion: float = Field(default=0.5, ge=0)
-    budget: float = Field(default=1.0, gt=0, le=1)
-    quality_full_weight: float = Field(default=0.9, gt=0, le=1)
-    daily_loss_limit: float = Field(default=0.03, gt=0, lt=1)
+    # Every field is required: a silently defaulted limit is a limit nobody decided.
+    horizon_sessions: int = Field(ge=1)
+    scenario_lookback: int = Field(ge=100)
+    scenario_weighting: Literal["equal", "regime"]
+    alpha: float = Field(gt=0.5, lt=1)
+    portfolio_cvar_limit: float = Field(gt=0, le=1)  # fractions of NAV
+    component_cvar_limit: float = Field(gt=0, le=1)
+    min_scale: float = Field(ge=0, le=1)
+    risk_aversion: float = Field(ge=0)
+    budget: float = Field(gt=0, le=1)
+    quality_full_weight: float = Field(gt=0, le=1)
+    daily_loss_limit: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _component_within_portfolio(self) -> RiskPolicy:
+        if self.component_cvar_limit > self.portfolio_cvar_limit:
+            raise ValueError(
+                f"component_cvar_limit: {self.component_cvar_limit} exceeds portfolio_cvar_limit "
+                f"{self.portfolio_cvar_limit} (got {self.component_cvar_limit})"
+            )
+        return self
+
+
+# --- operators: who may take human actions (§H5, §J2) -------------------------------------
+Permission = Literal["approve", "reject", "resume", "release"]
+PERMISSIONS: tuple[str, ...] = ("approve", "reject", "resume", "release")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
+
+
+class OperatorRole(_Strict):
+    description: str = ""
+    may: list[Permission] = Field(min_length=1)
+
+
+class Operator(_Strict):
+    description: str = ""
+    roles: list[str] = Field(min_length=1)
+
+
+class OperatorsPolicy(_Strict):
+    """``policies/operators.yaml``: the people and roles that may resume, release the kill
+    switch (resume from HALTED), approve or reject a review item, and the service identities
+    that never may. An actor is a declared person (rights of their roles) or a role name."""
+
+    roles: dict[str, OperatorRole] = Field(min_length=1)
+    people: dict[str, Operator] = {}
+    services: list[str] = []
+
+    @model_validator(mode="after")
+    def _names(self) -> OperatorsPolicy:
+        seen: dict[str, str] = {}
+        named = [("roles", n) for n in self.roles] + [("people", n) for n in self.people]
+        named += [(f"services[{i}]", n) for i, n in enumerate(self.services)]
+        for where, name in named:
+            key = f"{where}.{name}" if not where.startswith("services") else where
+            if not re.match(_NAME, name):
+                raise ValueError(f"{key}: not a name (letters, digits, . _ @ -) (got {name!r})")
+            norm = normalize_actor(name)
+            if norm in seen:
+                raise ValueError(f"{key}: {name!r} is declared twice (also {seen[norm]}, case-insensitive)")
+            seen[norm] = key
+            if not where.startswith("services") and norm in SERVICE_ACTORS:
+                raise ValueError(f"{key}: {name!r} is a service identity and can never act as a person")
+        roles = {normalize_actor(r) for r in self.roles}
+        for person, op in self.people.items():
+            for i, r in enumerate(op.roles):
+                if normalize_actor(r) not in roles:
+                    raise ValueError(f"people.{person}.roles[{i}]: unknown role {r!r} (got {r!r})")
+        return self
+
+    @property
+    def service_identities(self) -> frozenset[str]:
+        return SERVICE_ACTORS | {normalize_actor(s) for s in self.services}
+
+    def permissions(self, actor: str) -> tuple[str, frozenset[str]] | None:
+        """(declared spelling, permissions) of a person or role; ``None`` if undeclared."""
+        key = normalize_actor(actor)
+        roles = {normalize_actor(n): (n, r) for n, r in self.roles.items()}
+        if key in roles:
+            name, role = roles[key]
+            return name, frozenset(role.may)
+        for name, op in self.people.items():
+            if normalize_actor(name) == key:
+                return name, frozenset(p for r in op.roles for p in roles[normalize_actor(r)][1].may)
+        return None
+
+    def authorize(self, actor: str, action: Permission) -> str:
+        """The declared spelling of ``actor`` if it may take ``action``; else
+        :class:`ActorNotAuthorizedError` (fail closed: unknown means no)."""
+        if action not in PERMISSIONS:
+            raise ActorNotAuthorizedError(f"unknown human action {action!r} (known: {', '.join(PERMISSIONS)})")
+        key = normalize_actor(actor)
+        if not key:
+            raise ActorNotAuthorizedError(f"{action} needs a named actor")
+        if key in self.service_identities:
+            raise ActorNotAuthorizedError(
+                f"{action} must be done by a person, not by the service identity {actor!r}"
+            )
+        found = self.permissions(actor)
+        if found is None:
+            raise ActorNotAuthorizedError(
+                f"actor {actor!r} is not a person or role declared in policies/operators.yaml: may not {action}"
+            )
+        name, may = found
+        if action not in may:
+            raise ActorNotAuthorizedError(f"actor {name!r} may not {action} (may: {', '.join(sorted(may))})")
+        return name
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -350,7 +481,29 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<root>"
+    return out
+
+
+def one_line(text: object) -> str:
+    """Collapse whitespace: every refusal is printed as exactly one line."""
+    return " ".join(str(text).split())
+
+
+_KEYED = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$")
+
+
+def _format_error(err: Any) -> str:
+    """``key.path: what is wrong (got value)`` for one pydantic error."""
+    loc = _format_loc(err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{loc}: required, missing (no default for it)"
+    keyed = _KEYED.match(msg) if isinstance(err.get("input"), dict) else None
+    if keyed:  # a model-level check that names its own key: join it to the location
+        sub, rest = keyed.groups()
+        return f"{loc + '.' if loc else ''}{sub}: {rest}"
+    got = "" if isinstance(err.get("input"), dict) or "(got " in msg else f" (got {err.get('input')!r})"
+    return f"{loc or '<root>'}: {msg}{got}"
 
 
 def load_policy_file(path: Path, model: type[M]) -> M:
@@ -362,16 +515,13 @@ def load_policy_file(path: Path, model: type[M]) -> M:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyFileError(path, [f"not valid YAML: {exc}"]) from exc
+        raise PolicyFileError(path, [f"not valid YAML: {one_line(exc)}"]) from exc
     if not isinstance(data, dict):
         raise PolicyFileError(path, [f"top level must be a mapping, got {type(data).__name__}"])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{_format_loc(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
-        ]
-        raise PolicyFileError(path, problems) from exc
+        raise PolicyFileError(path, [one_line(_format_error(e)) for e in exc.errors()]) from exc
 
 
 class Policies:
@@ -417,19 +567,80 @@ class Policies:
     def risk(self) -> RiskPolicy:
         return load_policy_file(self.path("risk.yaml"), RiskPolicy)
 
+    @cached_property
+    def operators(self) -> OperatorsPolicy:
+        return load_policy_file(self.path("operators.yaml"), OperatorsPolicy)
+
     FILES: tuple[str, ...] = (
         "universe", "providers", "quality", "schedules", "models", "strategies", "mandate", "risk",
+        "operators",
     )
+    # What an execution run reads (the broker's cash and calendars, the clock, limits, who acts).
+    EXECUTION_FILES: tuple[str, ...] = ("universe", "providers", "mandate", "risk", "operators")
 
     def validate_all(self) -> list[str]:
-        """Load every file now; returns the names loaded (raises on the first bad one)."""
-        loaded = []
-        for name in self.FILES:
-            getattr(self, name)
-            loaded.append(name)
-        self.pre_trade_policy()
-        loaded.append("pre_trade+vetoes")
-        return loaded
+        """Load every file now; returns the names loaded (raises the first problem found)."""
+        errors = self.check()
+        if errors:
+            raise errors[0]
+        return [*self.FILES, "pre_trade+vetoes", "environments"]
+
+    def check(
+        self, files: Iterable[str] | None = None, environments: Iterable[str] | None = None
+    ) -> list[PolicyFileError]:
+        """Every problem of ``files`` (default: all), the rule files, the cross-file rules and
+        each environment's combined overlay (default: local, ci, prod); ``[]`` = valid.
+
+        Problems are collected, not stopped at, so ``ais policies validate`` lists them all.
+        """
+        from ais_pipelines.core.policy import PolicyError
+
+        names = tuple(self.FILES if files is None else files)
+        errors: list[PolicyFileError] = []
+        loaded: set[str] = set()
+        for name in names:
+            try:
+                getattr(self, name)
+                loaded.add(name)
+            except PolicyFileError as exc:
+                errors.append(exc)
+        errors += self._cross_file_problems(loaded)
+        try:
+            self.pre_trade_policy()
+        except PolicyFileError as exc:
+            errors.append(exc)
+        else:  # an overlay applies to the rule files: with those broken, each would repeat it
+            from ais_pipelines.execution import ENVIRONMENTS, load_environment_policy
+
+            for env in ENVIRONMENTS if environments is None else environments:
+                try:
+                    load_environment_policy(env, self.directory)
+                except PolicyError as exc:
+                    errors.append(_from_policy_error(exc, self.directory / "environments" / f"{env}.yaml"))
+        return errors
+
+    def _cross_file_problems(self, loaded: set[str]) -> list[PolicyFileError]:
+        """Rules between files: the mandate and the quality gate must fit the universe."""
+        if "universe" not in loaded:
+            return []
+        universe = self.universe
+        symbols = {i.symbol for i in universe.symbols}
+        where = f"not in the universe {universe.name!r} ({self.universe_file})"
+        out: list[PolicyFileError] = []
+        if "mandate" in loaded:
+            m = self.mandate
+            probs = [f"denied_symbols[{i}]: symbol {s!r} is {where} (got {s!r})"
+                     for i, s in enumerate(m.denied_symbols) if s not in symbols]
+            probs += [f"event_blackouts[{i}].symbol: symbol {b.symbol!r} is {where} (got {b.symbol!r})"
+                      for i, b in enumerate(m.event_blackouts) if b.symbol not in symbols]
+            if probs:
+                out.append(PolicyFileError(self.path("mandate.yaml"), probs))
+        if "quality" in loaded and self.quality.gate.min_tradable_symbols > len(symbols):
+            n = self.quality.gate.min_tradable_symbols
+            out.append(PolicyFileError(self.path("quality.yaml"), [
+                f"gate.min_tradable_symbols: more than the {len(symbols)} symbols of the universe: "
+                f"nothing could ever trade (got {n})"]))
+        return out
 
     def pre_trade_policy(self):  # -> core.policy.PolicySet (imported lazily: config stays light)
         """pre_trade.yaml + vetoes.yaml as one validated rule set."""
@@ -438,4 +649,28 @@ class Policies:
         try:
             return shipped_policy(self.directory)
         except PolicyError as exc:
-            raise PolicyFileError(getattr(exc, "path", self.directory), [str(exc)]) from exc
+            raise _from_policy_error(exc, self.directory) from exc
+
+
+def _from_policy_error(exc: Exception, default_path: Path) -> PolicyFileError:
+    """A ``core.policy.PolicyError`` ("<file>: <problem>") as a PolicyFileError of that file."""
+    path = str(getattr(exc, "path", None) or default_path)
+    return PolicyFileError(path, [one_line(str(exc).removeprefix(f"{path}: "))])
+
+
+def require_execution_policies(policies: Policies, env: str) -> None:
+    """Load and validate everything an execution run depends on, before the first quote.
+
+    Universe, providers, mandate, risk, operators, the cross-file rules, pre_trade.yaml +
+    vetoes.yaml and ``environments/{env}.yaml`` applied on them. Any problem (missing,
+    unreadable, malformed or invalid file, unknown environment) raises :class:`PolicyFileError`
+    (reason POLICY_UNREADABLE) naming the file, the key and the value: nothing may be sent.
+    """
+    from ais_pipelines.execution import ENVIRONMENTS
+
+    if env not in ENVIRONMENTS:
+        raise PolicyFileError(policies.directory / "environments",
+                              [f"environment: must be one of {', '.join(ENVIRONMENTS)} (got {env!r})"])
+    errors = policies.check(files=Policies.EXECUTION_FILES, environments=(env,))
+    if errors:
+        raise errors[0]

@@ -11,6 +11,11 @@ halts trading (:func:`ais_pipelines.execution.audit_or_halt`).
   rules with a fresh quote (a person overrides REVIEW rules, never REJECT rules), records the
   decision, signs a fresh approval and submits it through the OMS with all of its checks.
 * ``verify_audit``: walks the chain and names the first broken record.
+
+Resume, kill-switch release (resume from HALTED), approve and reject are human actions: the
+actor must be a person or role declared in ``policies/operators.yaml`` with that permission,
+compared case-insensitively; service identities never qualify (ACTOR_NOT_AUTHORIZED). Making
+trading stricter (kill switch, pause, deleverage) needs no such file: it must always work.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any
 
 import pandas as pd
 
+from ais_pipelines.config import Permission, Policies, PolicyFileError
 from ais_pipelines.core import trading_state as ts
+from ais_pipelines.core.actors import ActorNotAuthorizedError
 from ais_pipelines.core.approvals import ApprovalError
 from ais_pipelines.core.audit import AuditChain, VerifyResult, verify_store
 from ais_pipelines.core.reason_codes import ReasonCode
@@ -49,6 +56,22 @@ def _who(actor: str, why: str) -> tuple[str, str]:
     return actor.strip(), why.strip()
 
 
+def authorize(policies: Policies | None, actor: str, action: Permission) -> str:
+    """The declared spelling of ``actor`` if ``policies/operators.yaml`` lets it take ``action``.
+
+    ``policies=None`` reads the default directory (``AIS_POLICIES_DIR``). An unreadable or
+    invalid operators file refuses the action (fail closed), reason POLICY_UNREADABLE.
+    """
+    try:
+        operators = (policies or Policies()).operators
+    except PolicyFileError as exc:
+        raise ControlError(f"{action} refused: {exc}", (str(exc.reason_code),)) from exc
+    try:
+        return operators.authorize(actor, action)
+    except ActorNotAuthorizedError as exc:
+        raise ControlError(str(exc), (str(exc.reason_code),)) from exc
+
+
 # --------------------------------------------------------------------------------------------
 # trading state
 
@@ -66,26 +89,37 @@ def change_trading_state(
     why: str,
     now: datetime,
     to: str = "ACTIVE",
+    policies: Policies | None = None,
 ) -> TradingStatus:
     """Apply one action of :data:`ACTIONS` and audit who did it and why.
 
     The state is persisted first (a kill switch must hold even if the audit write then fails,
-    which halts anyway); the audit record names ``from``/``to``/``why``.
+    which halts anyway); the audit record names ``from``/``to``/``why``. ``resume`` needs the
+    ``resume`` permission, or ``release`` when the book is HALTED (see :func:`authorize`).
     """
     if action not in ACTIONS:
         raise ControlError(f"action must be one of {ACTIONS}, got {action!r}")
     actor, why = _who(actor, why)
+
+    def _resume(s: TradingStatus) -> TradingStatus:
+        # Decided on the state read under the ledger's lock: a halt that lands just before
+        # this resume needs the release permission, not the weaker resume.
+        who = authorize(policies, actor, "release" if s.mode is TradingMode.HALTED else "resume")
+        return ts.resume(s, actor=who, why=why, now=now, to=TradingMode(to))
+
     funcs: dict[str, Callable[[TradingStatus], TradingStatus]] = {
         "kill_switch": lambda s: ts.kill_switch(s, actor=actor, why=why, now=now),
         "pause": lambda s: ts.pause(s, actor=actor, why=why, now=now),
         "deleverage": lambda s: ts.deleverage(s, actor=actor, why=why, now=now),
-        "resume": lambda s: ts.resume(s, actor=actor, why=why, now=now, to=TradingMode(to)),
+        "resume": _resume,
     }
     before = ledger.current_trading_status()
     try:
         after = ledger.change_trading_status(funcs[action])
     except TradingStateError as exc:
         raise ControlError(str(exc), (str(exc.reason_code),)) from exc
+    if action == "resume":
+        actor = after.actor  # the declared spelling, as recorded in the trading state
     audit_or_halt(
         audit,
         ledger,
@@ -133,9 +167,17 @@ def _pending(ledger: LedgerStore, item_id: str) -> ReviewItem:
 
 
 def reject_review(
-    ledger: LedgerStore, audit: AuditChain, item_id: str, *, actor: str, why: str, now: datetime
+    ledger: LedgerStore,
+    audit: AuditChain,
+    item_id: str,
+    *,
+    actor: str,
+    why: str,
+    now: datetime,
+    policies: Policies | None = None,
 ) -> ReviewItem:
     actor, why = _who(actor, why)
+    actor = authorize(policies, actor, "reject")
     _pending(ledger, item_id)
     try:
         item = ledger.decide_review(item_id, approve=False, actor=actor, why=why, now=now)
@@ -166,6 +208,7 @@ def approve_review(
     now: datetime,
     ttl_s: int = 300,
     recheck: Callable[[Mapping[str, Any]], list[str]] | None = None,
+    policies: Policies | None = None,
 ) -> ReviewApproval:
     """A person approves a queued order: re-check hard rules, record, sign, submit through the OMS.
 
@@ -175,6 +218,7 @@ def approve_review(
     queued payload plus who approved it, so it is a new intent with its own idempotency key.
     """
     actor, why = _who(actor, why)
+    actor = authorize(policies, actor, "approve")
     item = _pending(ledger, item_id)
     # The trading state first: approving into a halted book would decide an item nothing can send.
     refusal = ledger.current_trading_status().refusal(bool(item.order_payload.get("reduce_only", False)))

@@ -198,8 +198,11 @@ def load_environment_policy(
         try:
             rules[i] = Rule.model_validate(body)
         except ValidationError as exc:
-            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-            raise _overlay_error(path, f"{where}: {problems}", rule_id) from exc
+            msgs = [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
+            # Name the overlay's own key (param_overrides.<rule>.<param>), not the rule's params.<param>.
+            problems = "; ".join(f"{where}.{m.removeprefix('params.')}" if m.startswith("params.")
+                                 else f"{where}: {m}" for m in msgs)
+            raise _overlay_error(path, problems, rule_id) from exc
         sources[i] = f"{sources[i]}+{path}"
         applied += [ParamOverride(rule_id, p, rule.params[p], v, why.strip()) for p, v in params.items()]
     policy = PolicySet(tuple(rules), base.policy_names, tuple(sources))

@@ -41,13 +41,13 @@ from resources.trading import (
 class ReviewDecisionConfig(dg.Config):
     item_id: str = Field(description="Review item id, e.g. review:2024-03-04:MSFT:BUY (`ais review list`).")
     decision: str = Field(description="APPROVE or REJECT.")
-    actor: str = Field(description="Who decides (a person, recorded in the audit log).")
+    actor: str = Field(description="Who decides: a person or role of policies/operators.yaml (audited).")
     why: str = Field(description="Why (mandatory, recorded in the audit log).")
 
 
 class TradingControlConfig(dg.Config):
     action: str = Field(description="kill_switch | pause | resume | deleverage")
-    actor: str = Field(description="Who (a person; resume refuses the system actor).")
+    actor: str = Field(description="Who (resume: a person or role of policies/operators.yaml).")
     why: str = Field(description="Why (mandatory, recorded in the audit log).")
     to: str = Field(default="ACTIVE", description="resume only: ACTIVE or REDUCING.")
 
@@ -80,7 +80,7 @@ def review_decision(
         _as_of, clock = control_clock(pol, store, execution_clock)
         try:
             done = control.reject_review(store, ledger.audit(), config.item_id, actor=config.actor, why=config.why,
-                                         now=clock.now())
+                                         now=clock.now(), policies=pol)
         except control.ControlError as exc:
             raise _fail(exc) from exc
         return dg.Output({"item_id": done.item_id, "status": done.status},
@@ -104,6 +104,10 @@ def approve(
     why: str,
 ) -> dict:
     """APPROVE path shared with the CLI: fresh session for the item's D, recheck, sign, submit, work."""
+    try:  # who first: an undeclared or service actor opens no session and fetches no quote
+        control.authorize(pol, actor, "approve")
+    except control.ControlError as exc:
+        raise _fail(exc) from exc
     key = signing_key.key()  # fail closed before any broker call
     store = ledger.store()
     item = store.get_review(item_id)
@@ -123,6 +127,7 @@ def approve(
         outcome = control.approve_review(
             session.ledger, session.audit, oms, key, item_id, actor=actor, why=why, now=session.clock.now(),
             ttl_s=APPROVAL_TTL_S, recheck=lambda payload: ex.hard_rule_hits(session, env_policy, payload, history),
+            policies=pol,
         )
     except control.ControlError as exc:
         raise _fail(exc) from exc
@@ -145,10 +150,11 @@ def trading_control(
     execution_clock: ExecutionClockResource,
 ) -> dg.Output[dict]:
     store = ledger.store()
-    _as_of, clock = control_clock(policies.load(), store, execution_clock)
+    pol = policies.load()
+    _as_of, clock = control_clock(pol, store, execution_clock)
     try:
         status = control.change_trading_state(store, ledger.audit(), config.action, actor=config.actor,
-                                              why=config.why, now=clock.now(), to=config.to)
+                                              why=config.why, now=clock.now(), to=config.to, policies=pol)
     except (control.ControlError, ValueError) as exc:
         raise _fail(exc if isinstance(exc, control.ControlError) else control.ControlError(str(exc))) from exc
     out = {"mode": str(status.mode), "actor": status.actor, "why": status.why,

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from datetime import date
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import exchange_calendars as xcals
 import pandas as pd
 
 from ais_pipelines.core.asset_classes import AssetClass
+
+if TYPE_CHECKING:  # exchange_calendars takes seconds to import: only where a calendar is used
+    import exchange_calendars as xcals
 
 # Default calendar per asset class; policies/universe.yaml may override per class or symbol.
 DEFAULT_CALENDARS: dict[AssetClass, str] = {
@@ -25,8 +28,18 @@ DEFAULT_CALENDARS: dict[AssetClass, str] = {
 
 @lru_cache(maxsize=32)
 def get_calendar(name: str) -> xcals.ExchangeCalendar:
+    import exchange_calendars as xcals
+
     # Cover the sample history and a few years ahead; exchange_calendars builds lazily.
     return xcals.get_calendar(name, start="1990-01-01", end=f"{date.today().year + 2}-12-31")
+
+
+@lru_cache(maxsize=1)
+def known_calendar_names() -> frozenset[str]:
+    """Every name ``exchange_calendars`` resolves (canonical names and aliases, e.g. XNYS, NYSE, 24/7)."""
+    import exchange_calendars as xcals
+
+    return frozenset(xcals.get_calendar_names(include_aliases=True))
 
 
 def calendar_name(asset_class: AssetClass | str, override: str | None = None) -> str:

@@ -101,6 +101,11 @@ class ContextField:
     description: str
     default: Any = None  # used for an absent column / null cell; None → missing is unknown (fail closed)
     categories: tuple[str, ...] = ()
+    # NUMBER only: the values the field can take. A threshold outside them, or one that makes
+    # its leaf impossible (``count < 0``), is refused on load: it would silently disable a rule.
+    lo: float | None = None
+    hi: float | None = None
+    integer: bool = False  # a count: thresholds are whole numbers
 
 
 REASONING_VERDICTS = ("NONE", "ALLOW", "ALLOW_WITH_CAUTION", "DENY")
@@ -128,6 +133,7 @@ _FIELDS: tuple[ContextField, ...] = (
         FieldKind.NUMBER,
         "pre_trade",
         "Today's NAV drawdown as a positive fraction of start-of-day NAV (0.03 = 3 %).",
+        lo=0.0, hi=1.0,
     ),
     ContextField(
         "event_blackout",
@@ -140,27 +146,32 @@ _FIELDS: tuple[ContextField, ...] = (
         FieldKind.NUMBER,
         "pre_trade",
         "Liquidity score in [0, 1] (1 = deep, tight market; from ADV participation and spread).",
+        lo=0.0, hi=1.0,
     ),
     ContextField(
         "gross_exposure_after",
         FieldKind.NUMBER,
         "pre_trade",
         "Gross exposure (sum of |position value| / NAV) if this order fills completely.",
+        lo=0.0,
     ),
     ContextField(
         "gross_exposure_limit",
         FieldKind.NUMBER,
         "pre_trade",
         "The mandate's gross exposure limit, same units as gross_exposure_after.",
+        lo=0.0,
     ),
     ContextField(
         "risk_per_trade_nav",
         FieldKind.NUMBER,
         "pre_trade",
         "Risk this order adds as a fraction of NAV (loss at the CVaR/stop horizon / NAV).",
+        lo=0.0, hi=1.0,
     ),
     ContextField(
-        "confidence", FieldKind.NUMBER, "pre_trade", "Decay-adjusted forecast confidence in [0, 1] (§D3)."
+        "confidence", FieldKind.NUMBER, "pre_trade", "Decay-adjusted forecast confidence in [0, 1] (§D3).",
+        lo=0.0, hi=1.0,
     ),
     ContextField(
         "reasoning",
@@ -176,6 +187,7 @@ _FIELDS: tuple[ContextField, ...] = (
         FieldKind.NUMBER,
         "pre_trade",
         "Correlation of the symbol's returns with the current book's returns (signed).",
+        lo=-1.0, hi=1.0,
     ),
     ContextField(
         "reduces_position",
@@ -191,6 +203,7 @@ _FIELDS: tuple[ContextField, ...] = (
         FieldKind.NUMBER,
         "veto",
         "Number of daily realized P&L observations behind pnl_z_vs_model (0 for a new strategy).",
+        lo=0.0, integer=True,
     ),
     ContextField(
         "pnl_z_vs_model",
@@ -204,12 +217,14 @@ _FIELDS: tuple[ContextField, ...] = (
         FieldKind.NUMBER,
         "veto",
         "Number of the strategy's recent fills behind the exec_* statistics (0 if none).",
+        lo=0.0, integer=True,
     ),
     ContextField(
         "exec_fill_rate",
         FieldKind.NUMBER,
         "veto",
         "Filled quantity / ordered quantity over those fills, in [0, 1].",
+        lo=0.0, hi=1.0,
     ),
     ContextField(
         "exec_slippage_bps",
@@ -222,6 +237,7 @@ _FIELDS: tuple[ContextField, ...] = (
         FieldKind.NUMBER,
         "veto",
         "Mean |realized slippage - impact-model prediction| in bps over those fills.",
+        lo=0.0,
     ),
     ContextField(
         "data_provider_count",
@@ -229,18 +245,21 @@ _FIELDS: tuple[ContextField, ...] = (
         "veto",
         "Independent providers corroborating the symbol's data (history and quotes); 1 = single "
         "point of failure.",
+        lo=0.0, integer=True,
     ),
     ContextField(
         "data_quality_score",
         FieldKind.NUMBER,
         "veto",
         "DATA_QUALITY_SCORE of the symbol's history in [0, 1] (§B4).",
+        lo=0.0, hi=1.0,
     ),
     ContextField(
         "win_count",
         FieldKind.NUMBER,
         "veto",
         "Number of the strategy's recent closed winning trades behind correlated_win_share.",
+        lo=0.0, integer=True,
     ),
     ContextField(
         "correlated_win_share",
@@ -248,6 +267,7 @@ _FIELDS: tuple[ContextField, ...] = (
         "veto",
         "Share of those winning trades whose daily P&L has |correlation| >= 0.7 with the book's "
         "dominant common factor (first principal component): the wins are one bet repeated.",
+        lo=0.0, hi=1.0,
     ),
 )
 CONTEXT_FIELDS: Mapping[str, ContextField] = MappingProxyType({f.name: f for f in _FIELDS})
@@ -377,12 +397,34 @@ def _check_value(leaf: Leaf, value: Any, key: str) -> None:
     for item in items:
         if spec.kind is FieldKind.NUMBER and not _is_number(item):
             raise ValueError(f"{key}: field {leaf.field!r} is a number; got {item!r} ({type(item).__name__})")
+        if spec.kind is FieldKind.NUMBER:
+            _check_domain(spec, op if op not in _SET_OPS else None, item, key)
         if spec.kind is FieldKind.BOOL and not isinstance(item, bool):
             raise ValueError(f"{key}: field {leaf.field!r} is a bool; got {item!r} ({type(item).__name__})")
         if spec.kind is FieldKind.CATEGORY and (not isinstance(item, str) or item not in spec.categories):
             raise ValueError(
                 f"{key}: field {leaf.field!r} takes one of {list(spec.categories)}; got {item!r}"
             )
+
+
+def _check_domain(spec: ContextField, op: Op | None, item: float, key: str) -> None:
+    """A threshold must lie in its field's range and leave the leaf able to be true."""
+    name = spec.name
+    if spec.integer and not float(item).is_integer():
+        raise ValueError(f"{key}: field {name!r} is a whole count; a fractional threshold means nothing (got {item!r})")
+    if (spec.lo is not None and item < spec.lo) or (spec.hi is not None and item > spec.hi):
+        rng = f"lies in [{spec.lo:g}, {spec.hi:g}]" if spec.hi is not None else f"is never below {spec.lo:g}"
+        raise ValueError(f"{key}: field {name!r} {rng}; the threshold is outside it (got {item!r})")
+    if op is Op.LT and spec.lo is not None and item <= spec.lo:
+        raise ValueError(
+            f"{key}: '{name} < {item!r}' can never be true ({name} >= {spec.lo:g}): the rule would never fire "
+            f"(got {item!r})"
+        )
+    if op is Op.GT and spec.hi is not None and item >= spec.hi:
+        raise ValueError(
+            f"{key}: '{name} > {item!r}' can never be true ({name} <= {spec.hi:g}): the rule would never fire "
+            f"(got {item!r})"
+        )
 
 
 class AllOf(_Strict):

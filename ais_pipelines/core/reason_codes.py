@@ -107,6 +107,7 @@ class ReasonCode(StrEnum):
     HUMAN_APPROVED = "HUMAN_APPROVED"
     HUMAN_REJECTED = "HUMAN_REJECTED"
     SENT_TO_REVIEW = "SENT_TO_REVIEW"
+    ACTOR_NOT_AUTHORIZED = "ACTOR_NOT_AUTHORIZED"  # a service or undeclared actor tried a human action
 
     # --- approvals, OMS, brokers (§I) ------------------------------------------------------
     SIGNING_KEY_MISSING = "SIGNING_KEY_MISSING"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
+from ais_pipelines.core.actors import is_service_actor
 from ais_pipelines.core.clock import ensure_utc
 from ais_pipelines.core.reason_codes import ReasonCode
 
@@ -189,9 +190,12 @@ def resume(
     """A person lifts a pause/halt. Needs a named actor and a written reason."""
     actor = _require_text(actor, "actor")
     why = _require_text(why, "why")
-    if actor == SYSTEM_ACTOR:
-        # The latch exists precisely so that no automatic process can lift it.
-        raise TradingStateError("resume must be done by a person, not by the system")
+    if is_service_actor(actor):
+        # The latch exists precisely so that no automatic process can lift it (any spelling).
+        raise TradingStateError(
+            f"resume must be done by a person, not by the service identity {actor!r}",
+            ReasonCode.ACTOR_NOT_AUTHORIZED,
+        )
     to = TradingMode(to)
     if to not in (TradingMode.ACTIVE, TradingMode.REDUCING):
         raise TradingStateError(f"resume target must be ACTIVE or REDUCING, not {to}")

@@ -233,12 +233,12 @@ def test_cli_review_list_approve_reject(cli: tuple[CliRunner, typer.Typer], rig:
     runner, app = cli
     listed = runner.invoke(app, ["review", "list"])
     assert listed.exit_code == 0 and MSFT_ITEM in listed.output and "LOW_CONFIDENCE" in listed.output
-    missing_why = runner.invoke(app, ["review", "approve", MSFT_ITEM, "--actor", "jane"])
+    missing_why = runner.invoke(app, ["review", "approve", MSFT_ITEM, "--actor", "jane.doe"])
     assert missing_why.exit_code != 0
-    ok = runner.invoke(app, ["review", "approve", MSFT_ITEM, "--actor", "jane", "--why", "thesis re-checked"])
+    ok = runner.invoke(app, ["review", "approve", MSFT_ITEM, "--actor", "jane.doe", "--why", "thesis re-checked"])
     assert ok.exit_code == 0, ok.output
-    assert "APPROVED review:2024-03-04:MSFT:BUY by jane: BUY 50 MSFT → FILLED" in ok.output
-    again = runner.invoke(app, ["review", "reject", MSFT_ITEM, "--actor", "jane", "--why", "changed my mind"])
+    assert "APPROVED review:2024-03-04:MSFT:BUY by jane.doe: BUY 50 MSFT → FILLED" in ok.output
+    again = runner.invoke(app, ["review", "reject", MSFT_ITEM, "--actor", "jane.doe", "--why", "changed my mind"])
     assert again.exit_code == 1 and "already APPROVED" in again.output
     assert "no PENDING review items" in runner.invoke(app, ["review", "list"]).output
     assert "APPROVED" in runner.invoke(app, ["review", "list", "--status", "all"]).output
