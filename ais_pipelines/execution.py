@@ -222,8 +222,10 @@ def load_execution_policies(policies: Any, env: str | None = None) -> Environmen
     """Everything the execution path depends on, loaded and validated at the start of a run,
     before the first quote: universe, mandate, risk limits, pre-trade rules, vetoes and the
     environment overlay. Any problem raises (PolicyError / PolicyFileError): nothing is sent."""
-    for name in ("universe", "mandate", "risk", "quality"):
-        getattr(policies, name)
+    from ais_pipelines.config import require_execution_policies
+
+    env = env or environment_name()
+    require_execution_policies(policies, env)
     return load_environment_policy(env, policy_dir=policies.directory)
 
 

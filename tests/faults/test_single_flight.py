@@ -30,11 +30,11 @@ from ais_pipelines.ledger.leases import (
     release_lease,
 )
 from ais_pipelines.ledger.store import LedgerStore
+from resources.trading import BrokerResource
 from tests.faults.crash_harness import _install, run_job
 from tests.faults.test_crash_recovery import ASSETS, TWO, _paper_orders, _resources
 from tests.integration.test_execution import D, write_nightly
 from tests.integration.test_execution_sensor import stand_ins
-from resources.trading import BrokerResource
 
 KEY_HEX = "5a" * 32
 
