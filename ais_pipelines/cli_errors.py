@@ -28,6 +28,9 @@ def reason_of(exc: BaseException) -> str:
         value = getattr(exc, attr, None)
         if isinstance(value, ReasonCode):
             return str(value)
+    codes = getattr(exc, "reason_codes", None)
+    if codes and str(next(iter(codes))) in ReasonCode.__members__:
+        return str(next(iter(codes)))
     text = str(getattr(exc, "description", None) or exc)
     head = text.split(":", 1)[0].strip()
     if head in ReasonCode.__members__:

@@ -26,6 +26,7 @@ import typer
 review_app = typer.Typer(help="Human review queue (§H5): nothing in REVIEW executes by itself.", no_args_is_help=True)
 trading_app = typer.Typer(help="Trading state (§J2): kill switch, pause, resume, deleverage.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log (§J3).", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs left behind by a killed process, and how to release them.", no_args_is_help=True)
 
 ACTOR = typer.Option(..., "--actor", help="Who (a person; recorded in the audit log).")
 WHY = typer.Option(..., "--why", help="Why (mandatory; recorded in the audit log).")
@@ -358,9 +359,86 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
         typer.echo(f"{pending} order(s) wait in the review queue: `ais review list`")
 
 
+# --------------------------------------------------------------------------------------------
+# runs (issue 10): a crashed or stuck run, and the operator command that releases it
+
+
+@runs_app.command("stuck")
+def runs_stuck() -> None:
+    """Runs the instance believes are running, whether their process is alive, and session leases."""
+    import dagster as dg
+
+    from ais_pipelines.cli import ensure_dagster_home
+    from ais_pipelines.ledger import models as m
+    from resources.runs import HOST_TAG, LIVE_STATUSES, PID_TAG, run_process_gone
+
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        records = instance.get_run_records(dg.RunsFilter(statuses=LIVE_STATUSES))
+        for rec in records:
+            r = rec.dagster_run
+            state = "PROCESS GONE (release it)" if run_process_gone(r) else "alive or not ours"
+            typer.echo(f"{r.run_id} {r.job_name} {r.status.value} pid {r.tags.get(PID_TAG, '?')} on "
+                       f"{r.tags.get(HOST_TAG, '?')} since {rec.start_time or '?'}: {state}")
+        pools = {k: instance.event_log_storage.get_concurrency_info(k).active_run_ids
+                 for k in instance.event_log_storage.get_concurrency_keys()}
+    if not records:
+        typer.echo("no started runs")
+    for key, ids in pools.items():
+        typer.echo(f"pool {key}: slots held by {sorted(ids) or 'nobody'}")
+    store = ops_env().ledger.store()
+    with store.transaction() as conn:
+        leases = conn.execute(m.execution_leases.select()).all()
+    for lease in leases:
+        typer.echo(f"lease {lease.session}: {lease.owner} pid {lease.owner_pid} on {lease.owner_host} "
+                   f"until {lease.expires_at:%Y-%m-%d %H:%M:%S}Z")
+
+
+@runs_app.command("release")
+def runs_release(run_id: str, actor: str = ACTOR, why: str = WHY) -> None:
+    """Mark a stuck run failed, free its pool slots and its session lease (audited). Its orders are
+    recovered by the next execution; nothing is cancelled at the broker."""
+    import dagster as dg
+
+    from ais_pipelines import control
+    from ais_pipelines.cli import ensure_dagster_home
+    from ais_pipelines.core.reason_codes import ReasonCode
+    from ais_pipelines.ledger.leases import current_lease, force_release
+    from resources.runs import LEASE_OWNER_TAG
+
+    ops = ops_env()
+    try:
+        who = control.authorize(ops.policies(), actor, "resume")
+    except control.ControlError as exc:
+        raise _die(f"REFUSED {';'.join(exc.reason_codes)}: {exc}") from exc
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            raise _die(f"{ReasonCode.USAGE_ERROR}: no run {run_id}", 2)
+        if not run.is_finished:
+            instance.report_run_failed(run, f"{ReasonCode.STALE_RUN_RELEASED}: released by {who}: {why}")
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    store = ops.ledger.store()
+    session = run.tags.get("ais/as_of") or run.tags.get("dagster/partition")
+    owner = run.tags.get(LEASE_OWNER_TAG) or run_id
+    dropped = None
+    if session:
+        held = current_lease(store, session)
+        if held is not None and held.owner == owner:
+            dropped = force_release(store, session)
+    now = _now(ops)
+    ops.ledger.audit().append("run.released", who, f"run:{run_id}",
+                              {"why": why, "session": session, "lease_released": dropped is not None},
+                              [ReasonCode.STALE_RUN_RELEASED], now)
+    typer.echo(f"released run {run_id} ({run.job_name}, session {session or '-'}): marked failed, pool slots "
+               f"freed{', lease released' if dropped else ''}. The next execution recovers its orders.")
+
+
 def register(app: typer.Typer) -> None:
     """Mount every operator command on the ``ais`` app."""
     app.add_typer(review_app, name="review")
     app.add_typer(trading_app, name="trading")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(runs_app, name="runs")
     app.command("execute")(execute)

@@ -249,3 +249,26 @@ def test_a_killed_run_does_not_block_the_next_one(env: Path, tmp_path: Path) -> 
         dead = instance.get_run_by_id(stuck[0].dagster_run.run_id)
         assert dead.status is dg.DagsterRunStatus.FAILURE
         assert instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids == set()
+
+
+def test_operator_lists_and_releases_a_stuck_run(env: Path, tmp_path: Path) -> None:
+    proc = _start_blocked("after_submitted", tmp_path)
+    _kill(proc)
+    runner, app = _cli()
+    listed = runner.invoke(app, ["runs", "stuck"])
+    assert listed.exit_code == 0 and "PROCESS GONE" in listed.output and f"lease {D}: cli:" in listed.output
+    with dg.DagsterInstance.get() as instance:
+        (rec,) = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    run_id = rec.dagster_run.run_id
+    refused = runner.invoke(app, ["runs", "release", run_id, "--actor", "oms", "--why", "x"])
+    assert refused.exit_code != 0 and "ACTOR_NOT_AUTHORIZED" in str(refused.output) + str(refused.exception)
+    ok = runner.invoke(app, ["runs", "release", run_id, "--actor", "Jane.Doe", "--why", "worker OOM-killed"])
+    assert ok.exit_code == 0, ok.output
+    assert "pool slots freed" in ok.output
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(run_id).status is dg.DagsterRunStatus.FAILURE
+        assert instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids == set()
+    # The CLI owned that lease (its token), not the run id: the next execution takes it over (pid dead).
+    nxt = runner.invoke(app, ["execute", "--as-of", D])
+    assert nxt.exit_code == 0, nxt.output
+    assert sorted(_paper_orders(env / "ledger.sqlite").values()) == [1, 1]
