@@ -145,3 +145,25 @@ def crash_then_restart(
     proc.join(10)
     result = run_job(assets, partition, make_resources())
     return killed, result
+
+
+def _child_plain(make_resources: Callable[[], dict[str, Any]], assets: list[Any], partition: str) -> None:
+    run_job(assets, partition, make_resources())
+    os._exit(0)
+
+
+def crash_at_random_then_restart(
+    delay_s: float,
+    make_resources: Callable[[], dict[str, Any]],
+    assets: list[Any],
+    partition: str,
+) -> tuple[bool, dg.ExecuteInProcessResult]:
+    """SIGKILL the execution after ``delay_s`` wherever it is, then restart once."""
+    proc = mp.get_context("fork").Process(target=_child_plain, args=(make_resources, assets, partition))
+    proc.start()
+    proc.join(delay_s)
+    killed = proc.is_alive()
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    return killed, run_job(assets, partition, make_resources())

@@ -13,6 +13,7 @@ adapter against the stub server (real wire format, on 127.0.0.1).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ def outcome(root: Path, broker_orders: dict[str, int]) -> dict[str, Any]:
             "duplicated": sum(max(0, n - 1) for n in broker_orders.values()) + max(0, len(broker_orders) - len(approvals)),
             "unresolved": len(ex.unresolved_intents(store, D)),
             "marker": ex.executed_marker(store, D) is not None,
+            "halted": str(store.current_trading_status().mode) != "ACTIVE",
             "states": sorted(str(o.state) for o in store.list_orders()),
         }
     finally:
@@ -116,44 +118,58 @@ def outcome(root: Path, broker_orders: dict[str, int]) -> dict[str, Any]:
 TRIALS = [(p, k) for p in POINTS for k in (1, 2)]
 
 
-@pytest.mark.parametrize(("point", "k"), TRIALS, ids=[f"{p}-order{k}" for p, k in TRIALS])
-def test_kill9_on_paper_broker_loses_and_duplicates_nothing(tmp_path: Path, policies_dir: Path, signing_env: None,
-                                                            point: str, k: int) -> None:
-    root = tmp_path / "runtime"
+def paper_trial(workdir: Path, policies_dir: Path, point: str, k: int) -> dict[str, Any]:
+    """One kill -9 trial on the embedded paper broker; the outcome after the restart."""
+    root = workdir / "runtime"
     root.mkdir()
     write_nightly(root / "warehouse.duckdb", spec=TWO)
 
     def make() -> dict[str, Any]:
         return _resources(root, policies_dir, BrokerResource(kind="paper"))
 
-    killed, result = crash_then_restart(point, k, tmp_path, make, ASSETS, D, lambda: _paper_orders(root / "ledger.sqlite"))
-    assert killed, f"the child never reached {point} of order {k}"
-    got = outcome(root, _paper_orders(root / "ledger.sqlite"))
-    assert result.success, got
-    assert got["approvals"] == 2
-    assert (got["lost"], got["duplicated"], got["unresolved"], got["marker"]) == (0, 0, 0, True), got
+    killed, result = crash_then_restart(point, k, workdir, make, ASSETS, D, lambda: _paper_orders(root / "ledger.sqlite"))
+    return {"killed": killed, "restart_ok": result.success, **outcome(root, _paper_orders(root / "ledger.sqlite"))}
+
+
+def alpaca_trial(workdir: Path, policies_dir: Path, point: str, k: int) -> dict[str, Any]:
+    """The same on the Alpaca paper adapter against the stub server (keys set for the trial only)."""
+    root = workdir / "runtime"
+    root.mkdir()
+    write_nightly(root / "warehouse.duckdb", spec=TWO)
+    with FillingStub(prices={"AAPL": 180.0, "XOM": 110.0}, cash=1_000_000.0) as stub:
+        saved = {k_: os.environ.get(k_) for k_ in ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")}
+        os.environ["APCA_API_KEY_ID"], os.environ["APCA_API_SECRET_KEY"] = stub.api_key, stub.secret_key
+        try:
+            def make() -> dict[str, Any]:
+                return _resources(root, policies_dir, AlpacaBrokerWithSampleQuotes(kind="alpaca_paper",
+                                                                                  alpaca_url=stub.base_url))
+
+            killed, result = crash_then_restart(point, k, workdir, make, ASSETS, D, lambda: _stub_orders(stub))
+        finally:
+            for k_, v in saved.items():
+                if v is None:
+                    os.environ.pop(k_, None)
+                else:
+                    os.environ[k_] = v
+        return {"killed": killed, "restart_ok": result.success, "broker_orders": len(stub.created),
+                **outcome(root, _stub_orders(stub))}
+
+
+EXPECTED = {"killed": True, "restart_ok": True, "approvals": 2, "lost": 0, "duplicated": 0, "unresolved": 0,
+            "marker": True, "halted": False}
+
+
+@pytest.mark.parametrize(("point", "k"), TRIALS, ids=[f"{p}-order{k}" for p, k in TRIALS])
+def test_kill9_on_paper_broker_loses_and_duplicates_nothing(tmp_path: Path, policies_dir: Path, signing_env: None,
+                                                            point: str, k: int) -> None:
+    got = paper_trial(tmp_path, policies_dir, point, k)
+    assert {key: got[key] for key in EXPECTED} == EXPECTED, got
     assert "NEW" not in got["states"] and "SUBMITTED" not in got["states"]
 
 
 @pytest.mark.parametrize(("point", "k"), TRIALS, ids=[f"{p}-order{k}" for p, k in TRIALS])
 def test_kill9_on_alpaca_paper_loses_and_duplicates_nothing(tmp_path: Path, policies_dir: Path, signing_env: None,
-                                                             monkeypatch: pytest.MonkeyPatch, point: str,
-                                                             k: int) -> None:
-    root = tmp_path / "runtime"
-    root.mkdir()
-    write_nightly(root / "warehouse.duckdb", spec=TWO)
-    with FillingStub(prices={"AAPL": 180.0, "XOM": 110.0}, cash=1_000_000.0) as stub:
-        monkeypatch.setenv("APCA_API_KEY_ID", stub.api_key)
-        monkeypatch.setenv("APCA_API_SECRET_KEY", stub.secret_key)
-
-        def make() -> dict[str, Any]:
-            return _resources(root, policies_dir, AlpacaBrokerWithSampleQuotes(kind="alpaca_paper",
-                                                                              alpaca_url=stub.base_url))
-
-        killed, result = crash_then_restart(point, k, tmp_path, make, ASSETS, D, lambda: _stub_orders(stub))
-        assert killed, f"the child never reached {point} of order {k}"
-        got = outcome(root, _stub_orders(stub))
-        assert result.success, got
-        assert got["approvals"] == 2
-        assert (got["lost"], got["duplicated"], got["unresolved"], got["marker"]) == (0, 0, 0, True), got
-        assert len(stub.created) == 2
+                                                             point: str, k: int) -> None:
+    got = alpaca_trial(tmp_path, policies_dir, point, k)
+    assert {key: got[key] for key in EXPECTED} == EXPECTED, got
+    assert got["broker_orders"] == 2
