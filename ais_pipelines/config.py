@@ -202,10 +202,24 @@ class GatePolicy(_Strict):
     min_tradable_symbols: int = Field(default=1, ge=1)
 
 
+class DataHealthPolicy(_Strict):
+    """System-level data health (issue 17): a feed that is mostly bad is a system fault, not a
+    handful of excluded symbols. Every limit is required: none may default silently."""
+
+    min_tradable_share: float = Field(ge=0, le=1)  # tradable symbols / universe
+    max_mean_quality_drop: float = Field(ge=0, le=1)  # mean score vs the trailing sessions' mean
+    trailing_sessions: int = Field(ge=1, le=250)
+    max_provider_failure_rate: float = Field(ge=0, le=1)  # symbols whose ingestion failed tonight
+    max_stale_share: float = Field(ge=0, le=1)  # symbols whose last bar is older than stale_after
+    stale_after_sessions: int = Field(ge=1, le=60)
+    on_breach: Literal["REDUCING", "HALTED"]
+
+
 class QualityPolicy(_Strict):
     history: HistoryPolicy
     score: ScorePolicy
     gate: GatePolicy = GatePolicy()
+    health: DataHealthPolicy
 
 
 # --- schedules -----------------------------------------------------------------------------

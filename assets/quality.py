@@ -1,12 +1,15 @@
 """Data quality (§B3–B5): per-symbol flags, score and the two tradability gates as checks."""
 
+import json
 
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.config import Policies
+from ais_pipelines.core.data_health import HealthLimits, assess_data_health
 from ais_pipelines.core.quality import QualityParams, assess_quality, unavailable_quality_rows
+from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
 from ais_pipelines.warehouse import read_bars, read_table, replace_partition
 from assets._common import md_table, schema_check, symbols_md
@@ -14,8 +17,11 @@ from assets.ingestion import daily_bars
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
+from resources.trading import LedgerResource
 
 QUALITY_TABLE = "data_quality"
+HEALTH_TABLE = "data_health"
+HEALTH_ACTOR = "data_health"
 
 
 def quality_params(pol: Policies) -> QualityParams:
@@ -79,6 +85,9 @@ def data_quality(
             )
             table = pd.concat([table, absent], ignore_index=True)
         replace_partition(con, QUALITY_TABLE, table, "as_of", as_of.date())
+        health = assess_data_health(table, log, trailing_mean_scores(con, as_of, pol.quality.health.trailing_sessions),
+                                    HealthLimits.from_policy(pol.quality.health), as_of.date())
+        replace_partition(con, HEALTH_TABLE, health.table, "as_of", as_of.date())
     counts = table["status"].value_counts().to_dict()
     worst = table.sort_values("data_quality_score").head(15)
     return dg.MaterializeResult(
@@ -90,11 +99,27 @@ def data_quality(
             "insufficient_history": int(counts.get("INSUFFICIENT_HISTORY", 0)),
             "mean_score": float(table["data_quality_score"].mean()),
             "min_score": float(table["data_quality_score"].min()),
+            "data_health": "ok" if health.ok else f"{ReasonCode.DATA_HEALTH_BREACH}: {health.summary()}",
+            "tradable_share": float(health.metrics["tradable_share"]),
+            "provider_failure_rate": float(health.metrics["provider_failure_rate"]),
+            "stale_share": float(health.metrics["stale_share"]),
+            "mean_quality_drop": float(health.metrics["mean_quality_drop"]),
             "worst_symbols": md_table(worst[["symbol", "asset_class", "data_quality_score", "status",
                                              "valid_sessions", "reason_codes"]]),
             "dagster/row_count": len(table),
         }
     )
+
+
+def trailing_mean_scores(con, as_of: pd.Timestamp, n: int) -> list[float]:
+    """Mean data-quality score of each of the last ``n`` assessed sessions before D (oldest first)."""
+    from ais_pipelines.warehouse import table_exists
+
+    if not table_exists(con, QUALITY_TABLE):
+        return []
+    rows = con.execute(f'SELECT as_of, avg(data_quality_score) FROM "{QUALITY_TABLE}" WHERE as_of < ? '
+                       "GROUP BY as_of ORDER BY as_of DESC LIMIT ?", [as_of.date(), n]).fetchall()
+    return [float(r[1]) for r in reversed(rows)]
 
 
 def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> dg.AssetCheckResult:
@@ -135,6 +160,51 @@ def history_gate(
     with warehouse.get_connection() as con:
         table = read_quality(con, partition_as_of(context))
     return _gate_result(table, "INSUFFICIENT_HISTORY", policies.load().quality.gate.min_tradable_symbols, "history")
+
+
+@dg.asset_check(asset=data_quality, blocking=True, partitions_def=as_of_partitions,
+                description="Issue 17: system-level data health within policies/quality.yaml `health` (tradable "
+                "share, mean quality drop, provider failure rate, stale share). A breach is a system fault: ERROR, "
+                "DATA_HEALTH_BREACH, trading REDUCING or HALTED as declared, audited.")
+def data_health_gate(
+    context: dg.AssetCheckExecutionContext, policies: PoliciesResource, warehouse: DuckDBResource,
+    ledger: LedgerResource,
+) -> dg.AssetCheckResult:
+    from datetime import UTC, datetime
+
+    from ais_pipelines.core import trading_state as ts
+
+    as_of = partition_as_of(context)
+    with warehouse.get_connection() as con:
+        table = read_table(con, HEALTH_TABLE, "as_of = ?", [as_of.date()])
+    breaches = table[table["breached"].astype(bool)] if len(table) else table
+    passed = len(table) > 0 and breaches.empty  # never assessed → fail closed
+    summary = "; ".join(f"{r.metric} {r.value:.3f} {r.comparison} limit {r.limit:.3f}" for r in breaches.itertuples())
+    status_text = "unchanged"
+    if not passed:
+        mode = policies.load().quality.health.on_breach
+        now = datetime.now(UTC)  # the night's wall clock: when the fault was seen
+        why = f"data health of {as_of.date()}: {summary or 'never assessed'}"[:2000]
+        store = ledger.store()
+        status = store.change_trading_status(lambda s: ts.data_health_breach(s, mode=mode, why=why, now=now,
+                                                                               actor=HEALTH_ACTOR))
+        ledger.audit().append("data_health.breach", HEALTH_ACTOR, f"session:{as_of.date()}",
+                              {"why": why, "mode": str(status.mode),
+                               "metrics": json.loads(table.drop(columns=["as_of"], errors="ignore").to_json(
+                                   orient="records"))},
+                              [ReasonCode.DATA_HEALTH_BREACH], now)
+        status_text = str(status.mode)
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "reason_code": "none" if passed else str(ReasonCode.DATA_HEALTH_BREACH),
+            "breaches": len(breaches),
+            "summary": summary or ("within limits" if passed else "never assessed"),
+            "trading_mode": status_text,
+            "health": md_table(table.drop(columns=["as_of"], errors="ignore")),
+        },
+    )
 
 
 @dg.asset_check(asset=data_quality, blocking=True, partitions_def=as_of_partitions,

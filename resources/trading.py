@@ -261,22 +261,30 @@ def trading_resources_for(env: str, runtime_root: str) -> dict[str, dg.Configura
     root = str(Path(runtime_root))
     ledger = LedgerResource(url=os.environ.get("AIS_LEDGER_URL"), runtime_root=root)
     by_env: dict[str, dict[str, dg.ConfigurableResource]] = {
-        "local": {
-            "execution_clock": ExecutionClockResource(mode="simulated"),
-            "broker": BrokerResource(kind=os.environ.get("AIS_BROKER", "paper")),
-        },
-        "ci": {
-            "execution_clock": ExecutionClockResource(mode="simulated"),
-            "broker": BrokerResource(kind="paper"),
-        },
-        "prod": {
-            "execution_clock": ExecutionClockResource(mode="system"),
-            "broker": BrokerResource(kind=os.environ.get("AIS_BROKER", "alpaca_paper")),
-        },
+        "local": {"broker": BrokerResource(kind=os.environ.get("AIS_BROKER", "paper"))},
+        "ci": {"broker": BrokerResource(kind="paper")},
+        "prod": {"broker": BrokerResource(kind=os.environ.get("AIS_BROKER", "alpaca_paper"))},
     }
     if env not in by_env:
         raise ValueError(f"AIS_ENV must be one of {tuple(by_env)}, got {env!r}")
-    return {"ledger": ledger, "signing_key": SigningKeyResource(), **by_env[env]}
+    return {"ledger": ledger, "signing_key": SigningKeyResource(), "execution_clock": execution_clock_for(env),
+            **by_env[env]}
+
+
+def execution_clock_for(env: str, environ: dict[str, str] | None = None) -> ExecutionClockResource:
+    """One market-clock rule for the sensor, the jobs and the CLI (issue 17), from the environment:
+    ``AIS_EXECUTION_NOW`` (ISO-8601 with offset) → a fixed instant; else ``AIS_EXECUTION_CLOCK``
+    (simulated | system); default simulated in local/ci, the exchange clock in prod. A simulated
+    clock is refused in prod: it would open a market that is closed."""
+    environ = dict(os.environ if environ is None else environ)
+    fixed = environ.get("AIS_EXECUTION_NOW", "").strip()
+    mode = "fixed" if fixed else (environ.get("AIS_EXECUTION_CLOCK", "").strip()
+                                  or ("system" if env == "prod" else "simulated"))
+    if mode not in CLOCK_MODES:
+        raise ValueError(f"AIS_EXECUTION_CLOCK must be one of {CLOCK_MODES}, got {mode!r}")
+    if env == "prod" and mode == "simulated":
+        raise ValueError("AIS_EXECUTION_CLOCK=simulated is refused in prod: the exchange clock decides")
+    return ExecutionClockResource(mode=mode, fixed_now=fixed or None)
 
 
 

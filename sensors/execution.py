@@ -61,7 +61,9 @@ from resources.trading import (
 PROPOSALS_KEY = dg.AssetKey("order_proposals")
 REQUIRED_CHECKS: tuple[dg.AssetCheckKey, ...] = tuple(
     dg.AssetCheckKey(dg.AssetKey(asset), name)
-    for asset, name in (
+    for asset, name in (  # in pipeline order: the first that failed is the one a skip names
+        ("daily_bars", "daily_bars_schema"),
+        ("data_quality", "data_health_gate"),
         ("data_quality", "quality_gate"),
         ("data_quality", "history_gate"),
         ("data_quality", "data_quality_schema"),
@@ -105,9 +107,15 @@ class GateDecision:
 # reading the instance
 
 
+NIGHTLY_GATED_KEY = dg.AssetKey("data_quality")  # the first gated asset of every nightly partition
+
+
 def latest_proposals_partition(instance: dg.DagsterInstance) -> str | None:
-    """The newest as-of partition of order_proposals materialized by the nightly job."""
-    parts = instance.get_materialized_partitions(PROPOSALS_KEY)
+    """The newest as-of partition D the nightly job reached: its order_proposals, or — when a
+    blocking gate stopped the night before proposals — its data_quality, so that the gate that
+    failed is the reason a skip names (not "no proposals")."""
+    parts = set(instance.get_materialized_partitions(PROPOSALS_KEY))
+    parts |= set(instance.get_materialized_partitions(NIGHTLY_GATED_KEY))
     return max(parts, key=lambda p: pd.Timestamp(p)) if parts else None
 
 
@@ -143,7 +151,11 @@ def check_outcome(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, par
     severity = getattr(evaluation, "severity", dg.AssetCheckSeverity.ERROR)
     if severity is dg.AssetCheckSeverity.WARN:
         return True, "failed with WARN (symbol-level exclusion)"
-    return False, f"failed with {getattr(severity, 'value', severity)}"
+    meta = getattr(evaluation, "metadata", None) or {}
+    code = getattr(meta.get("reason_code"), "value", None)
+    detail = getattr(meta.get("summary"), "value", None)
+    own = f" [{code}{': ' + str(detail) if detail else ''}]" if code and code != "none" else ""
+    return False, f"failed with {getattr(severity, 'value', severity)}{own}"
 
 
 def proposals_count(con: Any, as_of: str) -> int:
@@ -183,8 +195,11 @@ def execution_gate(
     failed = {k: why for k, (ok, why) in checks.items() if not ok}
     described = {k: why for k, (_ok, why) in checks.items()}
     if failed:
-        text = "; ".join(f"{k} {why}" for k, why in failed.items())
-        return GateDecision(day, ReasonCode.UPSTREAM_CHECK_FAILED, f"partition {day}: {text}", described)
+        # The first failed gate upstream, named with asset, check, partition and its own reason.
+        first, why = next(iter(failed.items()))
+        rest = f" (and {len(failed) - 1} more downstream: {', '.join(list(failed)[1:])})" if len(failed) > 1 else ""
+        return GateDecision(day, ReasonCode.UPSTREAM_CHECK_FAILED, f"{first} for partition {day} {why}{rest}",
+                            described)
     with warehouse.get_connection() as con:
         n = proposals_count(con, day)
     if n == 0:

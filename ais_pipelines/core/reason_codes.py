@@ -146,6 +146,7 @@ class ReasonCode(StrEnum):
     LEDGER_UNREADABLE = "LEDGER_UNREADABLE"
     STALE_RUN_RELEASED = "STALE_RUN_RELEASED"
     USAGE_ERROR = "USAGE_ERROR"
+    DATA_HEALTH_BREACH = "DATA_HEALTH_BREACH"  # issue 17: a mostly bad feed is a system fault
 
 
 def codes_str(codes: list[ReasonCode] | tuple[ReasonCode, ...]) -> str:

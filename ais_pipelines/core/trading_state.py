@@ -156,6 +156,18 @@ def halt(
     return _stricter(status, TradingMode.HALTED, actor=actor, why=why, now=now, reason_codes=codes)
 
 
+def data_health_breach(
+    status: TradingStatus, *, mode: TradingMode | str, why: str, now: datetime, actor: str = SYSTEM_ACTOR
+) -> TradingStatus:
+    """Issue 17: a mostly bad feed is a system fault — REDUCING (reduce-only) or HALTED, as declared."""
+    target = TradingMode(mode)
+    if target not in (TradingMode.REDUCING, TradingMode.HALTED):
+        raise TradingStateError(f"a data-health breach moves trading to REDUCING or HALTED, not {target}")
+    extra = ReasonCode.FORCED_DELEVERAGE if target is TradingMode.REDUCING else ReasonCode.TRADING_HALTED
+    return _stricter(status, target, actor=actor, why=why, now=now,
+                     reason_codes=(ReasonCode.DATA_HEALTH_BREACH, extra))
+
+
 def check_daily_loss(
     status: TradingStatus, *, daily_loss: float, limit: float, now: datetime
 ) -> TradingStatus:

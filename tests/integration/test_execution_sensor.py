@@ -110,7 +110,7 @@ def test_latest_nightly_partition_is_chosen(rig: Rig) -> None:
 def test_any_required_check_failing_with_error_blocks(rig: Rig, check: str) -> None:
     nightly(rig, {check: (False, dg.AssetCheckSeverity.ERROR)})
     message = skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
-    assert f":{check} failed with ERROR" in message
+    assert f":{check} for partition {D} failed with ERROR" in message
     assert message.count("failed with") == 1
 
 
@@ -123,8 +123,9 @@ def test_check_never_evaluated_for_d_blocks(rig: Rig) -> None:
     nightly(rig, partition="2024-03-01")  # checks exist, but for another partition
     nightly(rig, with_checks=False)
     message = skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
-    assert all(f"{k.asset_key.to_user_string()}:{k.name} never evaluated for this partition" in message
-               for k in REQUIRED_CHECKS)
+    first, *rest = [f"{k.asset_key.to_user_string()}:{k.name}" for k in REQUIRED_CHECKS]
+    assert message.startswith(f"UPSTREAM_CHECK_FAILED: {first} for partition {D} never evaluated for this partition")
+    assert f"and {len(rest)} more downstream: {', '.join(rest)}" in message
 
 
 def test_check_result_older_than_the_materialization_is_stale(rig: Rig) -> None:
@@ -160,7 +161,7 @@ def test_unpartitioned_check_specs_are_matched_by_the_run_partition(rig: Rig) ->
     others = [a for a, k in zip(defs[:n], CHECKED_ASSETS, strict=True) if k != "order_proposals"] + defs[n:]
     dg.materialize(others, partition_key=D, instance=rig.instance)
     dg.materialize([proposals_with_specs(False)], partition_key=D, instance=rig.instance, raise_on_error=False)
-    assert f"{names[0]} failed" in skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
+    assert f"{names[0]} for partition {D} failed" in skipped(evaluate(rig), "UPSTREAM_CHECK_FAILED")
     dg.materialize([proposals_with_specs(True)], partition_key=D, instance=rig.instance)
     assert isinstance(evaluate(rig), dg.RunRequest)
 
