@@ -608,8 +608,8 @@ class VerifyResult:
 
     def anchor_status(self) -> str:
         if self.anchor is None:
-            return "no anchor (a truncated tail cannot be detected)"
-        return f"anchored at seq {self.anchor.seq} ({self.anchor.ts})"
+            return "no anchor published (a deleted tail cannot be detected)"
+        return f"anchor seq {self.anchor.seq} ({self.anchor.ts}) {'matches' if self.ok else 'checked'}"
 
     def summary(self) -> str:
         """One line for operators: ``AUDIT_CHAIN_BROKEN at seq N: …`` or ``audit chain OK: …``."""
