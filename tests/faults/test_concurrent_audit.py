@@ -27,6 +27,9 @@ from ais_pipelines.core.audit import AuditAnchor, AuditChain, verify_store
 from ais_pipelines.core.trading_state import TradingMode
 from ais_pipelines.ledger import LedgerStore, SqlAuditStore, create_ledger_engine, upgrade_ledger
 
+# Spawned interpreters import the whole stack: 10-30 s per test on a busy machine.
+pytestmark = pytest.mark.slow
+
 PG_URL = os.environ.get("AIS_TEST_POSTGRES_URL")
 T0 = datetime(2024, 3, 5, 15, 0, tzinfo=UTC)  # NYSE open
 KEY = bytes(range(32))
