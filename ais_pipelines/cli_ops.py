@@ -188,18 +188,23 @@ def trading_deleverage(actor: str = ACTOR, why: str = WHY) -> None:
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Walk the hash chain; exit 1 naming the first broken record."""
-    from ais_pipelines import control
-    from ais_pipelines.core.audit import AuditChain
+    """Walk the hash chain against the last anchor; exit 1 naming the first broken record."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ais_pipelines.core.audit import AuditWriteError, verify_store
     from ais_pipelines.ledger.store import SqlAuditStore
 
     ops = ops_env()
-    store = ops.ledger.store()
-    result = control.verify_audit(store)
+    try:
+        store = SqlAuditStore(ops.ledger.store().engine)
+        result = verify_store(store, ops.ledger.audit_anchor())
+    except (AuditWriteError, SQLAlchemyError, OSError) as exc:  # cannot even read: not OK either
+        raise _die(f"AUDIT_CHAIN_BROKEN: cannot read the audit log: {exc}".splitlines()[0]) from None
     if not result.ok:
-        raise _die(f"BROKEN at seq {result.first_broken_seq}: {result.reason} ({result.n_records} records read)")
-    seq, head = AuditChain(SqlAuditStore(store.engine)).head()
-    typer.echo(f"audit chain OK: {result.n_records} records, head seq {seq} hash {head}")
+        raise _die(result.summary())
+    last = store.last()
+    head = "empty" if last is None else f"head seq {last.seq} hash {last.hash}"
+    typer.echo(f"audit chain OK: {result.n_records} records, {head}; {result.anchor_status()}")
 
 
 # --------------------------------------------------------------------------------------------

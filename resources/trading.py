@@ -31,7 +31,7 @@ from ais_pipelines.brokers.base import Broker, BrokerMode, LiveTradingRefusedErr
 from ais_pipelines.brokers.paper import PaperBroker, PaperBrokerConfig, QuoteSource
 from ais_pipelines.config import Policies
 from ais_pipelines.core.approvals import SigningKeyMissingError, load_signing_key
-from ais_pipelines.core.audit import AuditChain
+from ais_pipelines.core.audit import AuditAnchor, AuditChain
 from ais_pipelines.core.calendars import get_calendar
 from ais_pipelines.core.clock import Clock, FixedClock, SimulatedClock, SystemClock, ensure_utc
 from ais_pipelines.core.reason_codes import ReasonCode
@@ -62,7 +62,16 @@ class LedgerResource(dg.ConfigurableResource):
         return self._store
 
     def audit(self) -> AuditChain:
-        return AuditChain(SqlAuditStore(self.store().engine))
+        return AuditChain(SqlAuditStore(self.store().engine), anchor=self.audit_anchor())
+
+    def audit_anchor(self) -> AuditAnchor:
+        """The published chain head, ``{runtime_root}/audit_anchor.json`` (outside the ledger).
+
+        Read: ``.read()``; publish the current head (e.g. for materialization metadata):
+        ``self.audit().publish_anchor()``.
+        """
+        store = SqlAuditStore(self.store().engine)
+        return AuditAnchor(Path(self.runtime_root).resolve() / "audit_anchor.json", store.ledger_id)
 
 
 class SigningKeyResource(dg.ConfigurableResource):

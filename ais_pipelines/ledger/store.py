@@ -10,6 +10,7 @@ same order.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,8 +26,15 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.expression import cast
+from sqlalchemy.types import Text
 
-from ais_pipelines.core.audit import GENESIS_HASH, AuditRecord
+from ais_pipelines.core.audit import (
+    AuditRecord,
+    AuditRecordUnreadableError,
+    check_link,
+    ledger_identifier,
+)
 from ais_pipelines.core.order_states import (
     OrderEvent,
     OrderState,
@@ -914,36 +922,50 @@ def _review(row: Any) -> ReviewItem:
 class SqlAuditStore:
     """``AuditStore`` over the ``audit_log`` table (see ``core.audit`` for the contract).
 
-    ``append`` checks the link to the stored tail and inserts in one locked transaction; the
-    primary key on ``seq`` is the final guard, so concurrent appenders cannot fork the chain.
+    ``append_next`` reads the head, builds the record and inserts it in ONE transaction under
+    the audit lock (SQLite: the engine's ``BEGIN IMMEDIATE`` write lock; PostgreSQL: an
+    advisory transaction lock), so concurrent processes queue instead of racing. The primary
+    key on ``seq`` is the final guard: the chain cannot fork. Reads return the JSON columns as
+    raw text and parse them per row, so a corrupt row is reported at its own seq.
     """
 
     def __init__(self, engine: Engine):
         self.engine = engine
 
+    @property
+    def ledger_id(self) -> str:
+        """Identifier of this ledger for the audit anchor: a digest of the URL without password."""
+        return ledger_identifier(self.engine.url.set(password=None).render_as_string(hide_password=False))
+
     def append(self, record: AuditRecord) -> None:
         with self.engine.begin() as conn:
             _serialize(conn, "ais-audit-log")
-            last = self._last(conn)
-            want_seq = 1 if last is None else last.seq + 1
-            want_prev = GENESIS_HASH if last is None else last.hash
-            if record.seq != want_seq or record.prev_hash != want_prev:
-                raise ValueError(
-                    f"audit record seq {record.seq} does not extend the stored chain (expected seq {want_seq})"
-                )
-            conn.execute(
-                insert(m.audit_log).values(
-                    seq=record.seq,
-                    ts=record.ts,
-                    event_type=record.event_type,
-                    actor=record.actor,
-                    subject=record.subject,
-                    payload=record.payload,
-                    reason_codes=list(record.reason_codes),
-                    prev_hash=record.prev_hash,
-                    hash=record.hash,
-                )
+            self._insert(conn, self._last(conn), record)
+
+    def append_next(self, build: Callable[[AuditRecord | None], AuditRecord]) -> AuditRecord:
+        with self.engine.begin() as conn:
+            _serialize(conn, "ais-audit-log")
+            last = self._last(conn)  # inside the lock: nobody can append between read and insert
+            record = build(last)
+            self._insert(conn, last, record)
+        return record
+
+    @staticmethod
+    def _insert(conn: Connection, last: AuditRecord | None, record: AuditRecord) -> None:
+        check_link(last, record)
+        conn.execute(
+            insert(m.audit_log).values(
+                seq=record.seq,
+                ts=record.ts,
+                event_type=record.event_type,
+                actor=record.actor,
+                subject=record.subject,
+                payload=record.payload,
+                reason_codes=list(record.reason_codes),
+                prev_hash=record.prev_hash,
+                hash=record.hash,
             )
+        )
 
     def last(self) -> AuditRecord | None:
         with self.engine.begin() as conn:
@@ -951,24 +973,57 @@ class SqlAuditStore:
 
     @staticmethod
     def _last(conn: Connection) -> AuditRecord | None:
-        row = conn.execute(select(m.audit_log).order_by(m.audit_log.c.seq.desc()).limit(1)).first()
+        row = conn.execute(_audit_select().order_by(m.audit_log.c.seq.desc()).limit(1)).first()
         return None if row is None else _audit(row)
 
     def iter_records(self) -> Iterator[AuditRecord]:
-        with self.engine.begin() as conn:
-            rows = conn.execute(select(m.audit_log).order_by(m.audit_log.c.seq)).all()
-        return iter([_audit(r) for r in rows])
+        with self.engine.begin() as conn:  # one snapshot, raw text only (cheap)
+            rows = conn.execute(_audit_select().order_by(m.audit_log.c.seq)).all()
+        return (_audit(r) for r in rows)  # parsed lazily: a bad row fails at its own seq
+
+
+def _audit_select() -> Any:
+    c = m.audit_log.c
+    # CAST to text: the JSON type (and psycopg) would parse every row before we see any.
+    return select(
+        c.seq,
+        c.ts,
+        c.event_type,
+        c.actor,
+        c.subject,
+        cast(c.payload, Text).label("payload"),
+        cast(c.reason_codes, Text).label("reason_codes"),
+        c.prev_hash,
+        c.hash,
+    )
 
 
 def _audit(row: Any) -> AuditRecord:
+    seq = row.seq
+
+    def parse(name: str, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            raise AuditRecordUnreadableError(seq, f"{name} is not JSON text (got {type(raw).__name__})")
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise AuditRecordUnreadableError(seq, f"{name} is not valid JSON ({exc})") from exc
+
+    payload = parse("payload", row.payload)
+    codes = parse("reason_codes", row.reason_codes)
+    if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+        raise AuditRecordUnreadableError(seq, "reason_codes is not a list of strings")
+    for name in ("ts", "event_type", "actor", "subject", "prev_hash", "hash"):
+        if not isinstance(getattr(row, name), str):
+            raise AuditRecordUnreadableError(seq, f"{name} is not text")
     return AuditRecord(
-        seq=row.seq,
+        seq=seq,
         ts=row.ts,
         event_type=row.event_type,
         actor=row.actor,
         subject=row.subject,
-        payload=row.payload,
-        reason_codes=tuple(row.reason_codes),
+        payload=payload,
+        reason_codes=tuple(codes),
         prev_hash=row.prev_hash,
         hash=row.hash,
     )

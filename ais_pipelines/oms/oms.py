@@ -391,6 +391,11 @@ class OrderManagementSystem:
         try:
             verify_approval(approval, order, self._key, now, self.ledger.is_approval_used)
         except ApprovalError as exc:
+            if exc.reason == ReasonCode.APPROVAL_REPLAYED:
+                # Another process used it since the lookup above: the same intent is a repeat.
+                again = self.ledger.get_order_by_idempotency_key(key)
+                if again is not None:
+                    return self._repeat(again, approval, order, phash, key)
             self._audit(
                 "approval.refused", subject, {"idempotency_key": key, "error": str(exc)}, [exc.reason]
             )

@@ -264,11 +264,14 @@ def test_cli_audit_verify_names_the_first_broken_record(cli: tuple[CliRunner, ty
     ok = runner.invoke(app, ["audit", "verify"])
     n = len(audit(rig))
     assert ok.exit_code == 0 and f"audit chain OK: {n} records, head seq {n}" in ok.output
+    assert f"; anchor seq {n} (" in ok.output and ok.output.rstrip().endswith(") matches")
     with rig.store().engine.begin() as conn:
         conn.execute(update(m.audit_log).where(m.audit_log.c.seq == 3).values(actor="mallory"))
     broken = runner.invoke(app, ["audit", "verify"])
     assert broken.exit_code == 1
-    assert "BROKEN at seq 3: seq 3: content does not match its hash (edited)" in broken.output
+    assert broken.output.splitlines() == [
+        f"AUDIT_CHAIN_BROKEN at seq 3: content does not match its hash (content edited) ({n} records read)"
+    ]
 
 
 def test_cli_execute_runs_one_session_and_is_idempotent(

@@ -427,6 +427,7 @@ def test_audit_write_failure_halts(rig: Rig, monkeypatch: pytest.MonkeyPatch) ->
         raise OSError("disk full")
 
     monkeypatch.setattr(SqlAuditStore, "append", broken)
+    monkeypatch.setattr(SqlAuditStore, "append_next", broken)  # the chain's locked read + append
     result = rig.run(raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

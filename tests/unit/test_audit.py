@@ -21,6 +21,7 @@ from ais_pipelines.core.audit import (
     AuditRecord,
     AuditStore,
     AuditWriteError,
+    BreakKind,
     InMemoryAuditStore,
     JsonlAuditStore,
     verify_chain,
@@ -122,7 +123,7 @@ def test_payload_edit_detected_at_that_seq(mem) -> None:
         store.records[2], payload={"decision": "APPROVE", "qty": 30, "i": 2}
     )
     r = verify_chain(store.records)
-    assert (r.ok, r.n_records, r.first_broken_seq) == (False, 6, 3)
+    assert (r.ok, r.n_records, r.first_broken_seq, r.kind) == (False, 6, 3, BreakKind.EDITED_CONTENT)
     assert "content does not match its hash" in r.reason
     assert r.reason_code is ReasonCode.AUDIT_CHAIN_BROKEN
 
@@ -139,14 +140,14 @@ def test_hash_edit_detected_at_that_seq(mem) -> None:
     _, store = mem
     store.records[3] = dataclasses.replace(store.records[3], hash="f" * 64)
     r = verify_chain(store.records)
-    assert (r.ok, r.first_broken_seq) == (False, 4)
+    assert (r.ok, r.first_broken_seq, r.kind) == (False, 4, BreakKind.EDITED_HASH)
 
 
 def test_edit_with_recomputed_hash_detected_at_next_seq(mem) -> None:
     _, store = mem
     store.records[1] = rehash(store.records[1], payload={"decision": "APPROVE", "qty": 999_999, "i": 1})
     r = verify_chain(store.records)
-    assert (r.ok, r.first_broken_seq) == (False, 3)
+    assert (r.ok, r.first_broken_seq, r.kind) == (False, 3, BreakKind.PREV_HASH_MISMATCH)
     assert "prev_hash does not match the hash of seq 2" in r.reason
 
 
@@ -160,7 +161,7 @@ def test_deletion_detected_as_seq_gap(mem) -> None:
     _, store = mem
     del store.records[2]
     r = verify_chain(store.records)
-    assert (r.ok, r.first_broken_seq) == (False, 3)
+    assert (r.ok, r.first_broken_seq, r.kind) == (False, 3, BreakKind.DELETED)
     assert "expected seq 3, found seq 4" in r.reason and "gap" in r.reason
 
 
@@ -174,7 +175,7 @@ def test_reorder_detected(mem) -> None:
     _, store = mem
     store.records[2], store.records[3] = store.records[3], store.records[2]
     r = verify_chain(store.records)
-    assert (r.ok, r.first_broken_seq) == (False, 3)
+    assert (r.ok, r.first_broken_seq, r.kind) == (False, 3, BreakKind.REORDERED)
     assert "expected seq 3, found seq 4" in r.reason
 
 
@@ -183,17 +184,17 @@ def test_duplicated_record_detected(mem) -> None:
     store.records.insert(3, store.records[2])
     r = verify_chain(store.records)
     assert (r.ok, r.first_broken_seq) == (False, 4)
-    assert "out of order or duplicated" in r.reason
+    assert r.kind is BreakKind.INSERTED and "found a copy of seq 3" in r.reason
 
 
 def test_forged_insertion_detected_after_the_forgery(mem) -> None:
-    # A forger who links the new record correctly to seq 2 and renumbers it 3: the original
-    # seq 3 now sits at position 4 with the wrong seq.
+    # A forger who links the new record correctly to seq 2 and numbers it 3: the original
+    # seq 3 now sits at position 4, a second seq 3 (a list store cannot tell which is forged).
     _, store = mem
     forged = rehash(store.records[2], payload={"decision": "APPROVE", "qty": 1, "i": "forged"})
     store.records.insert(2, forged)
     r = verify_chain(store.records)
-    assert (r.ok, r.first_broken_seq) == (False, 4)
+    assert (r.ok, r.first_broken_seq, r.kind) == (False, 4, BreakKind.INSERTED)
 
 
 def test_forged_insertion_with_renumbering_detected(mem) -> None:
@@ -202,8 +203,9 @@ def test_forged_insertion_with_renumbering_detected(mem) -> None:
     tail = [dataclasses.replace(rec, seq=rec.seq + 1) for rec in store.records[2:]]
     store.records[2:] = [forged, *tail]
     r = verify_chain(store.records)
-    # the renumbered original seq 3 (now 4) no longer matches its hash, nor links to the forgery
-    assert (r.ok, r.first_broken_seq) == (False, 4)
+    # the renumbered original seq 3 (now 4) still hashes as seq 3: the forgery is named
+    assert (r.ok, r.first_broken_seq, r.kind) == (False, 3, BreakKind.INSERTED)
+    assert r.reason == "seq 3 was inserted: the original seq 3 was renumbered to seq 4"
 
 
 def test_truncation_needs_the_published_head(mem) -> None:
