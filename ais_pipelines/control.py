@@ -256,5 +256,6 @@ def approve_review(
 # audit
 
 
-def verify_audit(ledger: LedgerStore) -> VerifyResult:
-    return verify_store(SqlAuditStore(ledger.engine))
+def verify_audit(ledger: LedgerStore, anchor: Any = None) -> VerifyResult:
+    """The chain, against the last published anchor when one is given (a truncated tail is a break)."""
+    return verify_store(SqlAuditStore(ledger.engine), anchor)

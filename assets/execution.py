@@ -338,7 +338,7 @@ def audit_chain_verifies(
     context: dg.AssetCheckExecutionContext, ledger: LedgerResource, execution_clock: ExecutionClockResource
 ) -> dg.AssetCheckResult:
     store = ledger.store()
-    result = verify_store(SqlAuditStore(store.engine))
+    result = verify_store(SqlAuditStore(store.engine), ledger.audit_anchor())  # against the last anchor
     if not result.ok:
         from ais_pipelines.core import trading_state as ts
 
@@ -350,7 +350,7 @@ def audit_chain_verifies(
         passed=result.ok,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"records": result.n_records, "first_broken_seq": result.first_broken_seq or 0,
-                  "reason": result.reason or "ok"},
+                  "reason": result.reason or "ok", "anchor": result.anchor_status()},
     )
 
 
@@ -424,6 +424,26 @@ def portfolio_state(
             "positions_table": md_table(state.positions),
         }
     )
+
+
+@dg.asset(
+    **EXECUTION,
+    deps=[portfolio_state],
+    kinds={"python"},
+    description="§J3 anchor: the audit chain verified against the last published head, then its new head "
+    "(sequence and hash) published outside the ledger — in this materialization's metadata and in "
+    "{runtime}/audit_anchor.json — so a truncated tail or an emptied log cannot pass for intact.",
+)
+def audit_head(context: dg.AssetExecutionContext, ledger: LedgerResource) -> dg.MaterializeResult:
+    store = ledger.store()
+    result = verify_store(SqlAuditStore(store.engine), ledger.audit_anchor())
+    if not result.ok:
+        raise dg.Failure(result.summary(), metadata={"reason_code": str(ReasonCode.AUDIT_CHAIN_BROKEN)},
+                         allow_retries=False)
+    head = ledger.audit().publish_anchor()
+    meta = head.to_metadata() if head is not None else {"audit_head_seq": 0}
+    return dg.MaterializeResult(metadata={**meta, "records_verified": result.n_records,
+                                          "as_of": str(partition_as_of(context).date())})
 
 
 intraday_execution_job = dg.define_asset_job(

@@ -52,6 +52,7 @@ EXECUTION_ASSETS = [
     exec_assets.approved_orders,
     exec_assets.executed_orders,
     exec_assets.portfolio_state,
+    exec_assets.audit_head,
 ]
 EXECUTION_CHECKS = [
     exec_assets.orders_have_valid_approvals,
