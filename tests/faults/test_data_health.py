@@ -98,6 +98,18 @@ NIGHTLY = [raw_daily_bars, daily_bars, data_quality, raw_bars_schema, daily_bars
            data_quality_schema, data_health_gate]
 
 
+def nightly_resources(root: Path, policies_dir: Path, files: Path) -> dict[str, object]:
+    """The nightly job's resources on the files provider, with the ledger the health gate writes to."""
+    return {
+        "policies": PoliciesResource(directory=str(policies_dir)),
+        "runtime": RuntimeResource(root=str(root)),
+        "warehouse": DuckDBResource(database=str(root / "warehouse.duckdb")),
+        "clock": ClockResource(fixed_now="2026-11-21T12:00:00+00:00"),
+        "market_data": MarketDataResource(provider="files", files_dir=str(files)),
+        "ledger": LedgerResource(url=f"sqlite:///{root / 'ledger.sqlite'}", runtime_root=str(root)),
+    }
+
+
 @pytest.fixture()
 def broken_night(tmp_path: Path, policies_dir: Path) -> tuple[dg.DagsterInstance, dict, Path]:
     files = tmp_path / "files"
@@ -106,14 +118,7 @@ def broken_night(tmp_path: Path, policies_dir: Path) -> tuple[dg.DagsterInstance
     write_csv(files, "MSFT.csv", good_frame("MSFT"))
     root = tmp_path / "runtime"
     root.mkdir()
-    resources = {
-        "policies": PoliciesResource(directory=str(policies_dir)),
-        "runtime": RuntimeResource(root=str(root)),
-        "warehouse": DuckDBResource(database=str(root / "warehouse.duckdb")),
-        "clock": ClockResource(fixed_now="2026-11-21T12:00:00+00:00"),
-        "market_data": MarketDataResource(provider="files", files_dir=str(files)),
-        "ledger": LedgerResource(url=f"sqlite:///{root / 'ledger.sqlite'}", runtime_root=str(root)),
-    }
+    resources = nightly_resources(root, policies_dir, files)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(NIGHTLY, partition_key=str(END.date()), resources=resources, instance=instance,
                             raise_on_error=False)
@@ -154,14 +159,7 @@ def test_halted_when_the_policy_says_so(tmp_path: Path, policies_dir: Path) -> N
     files.mkdir()
     root = tmp_path / "runtime"
     root.mkdir()
-    resources = {
-        "policies": PoliciesResource(directory=str(policies_dir)),
-        "runtime": RuntimeResource(root=str(root)),
-        "warehouse": DuckDBResource(database=str(root / "warehouse.duckdb")),
-        "clock": ClockResource(fixed_now="2026-11-21T12:00:00+00:00"),
-        "market_data": MarketDataResource(provider="files", files_dir=str(files)),
-        "ledger": LedgerResource(url=f"sqlite:///{root / 'ledger.sqlite'}", runtime_root=str(root)),
-    }
+    resources = nightly_resources(root, policies_dir, files)
     write_csv(files, "AAPL.csv", good_frame("AAPL"))
     dg.materialize(NIGHTLY, partition_key=str(END.date()), resources=resources, raise_on_error=False,
                    instance=dg.DagsterInstance.ephemeral())
