@@ -14,7 +14,7 @@ $(UV):
 
 setup: $(UV)
 	$(UV) sync --frozen
-	mkdir -p $(DAGSTER_HOME)
+	umask 077 && mkdir -p $(DAGSTER_HOME)   # runtime files are owner-only
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(UV) run ais policies validate
 	cd dbt && $(UV) run dbt parse --quiet   # dagster-dbt needs a manifest before the code location loads

@@ -203,9 +203,12 @@ def main() -> None:
     import sys
 
     from ais_pipelines.cli_errors import run_cli
-    from ais_pipelines.runtime_files import private_umask
+    from ais_pipelines.runtime_files import private_dir, private_umask, runtime_dir_is_ours
 
     private_umask()
+    root = runtime_dir()
+    if runtime_dir_is_ours(root):  # created by `make setup` before this process: owner-only too
+        private_dir(root)
     sys.exit(run_cli(app))
 
 

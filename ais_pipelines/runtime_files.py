@@ -22,6 +22,16 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def runtime_dir_is_ours(path: Path) -> bool:
+    """Only a directory that holds this project's runtime files (never a shared one like /tmp,
+    which has the sticky bit) may be made owner-only."""
+    import stat
+
+    if not path.is_dir() or path.stat().st_uid != os.getuid() or path.stat().st_mode & stat.S_ISVTX:
+        return False
+    return any((path / name).exists() for name in ("dagster_home", "ledger.sqlite", "warehouse.duckdb"))
+
+
 def private_file(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` empty if missing, with mode 0600 from the first instant (no chmod race)."""
     p = Path(path)
