@@ -272,3 +272,59 @@ def test_operator_lists_and_releases_a_stuck_run(env: Path, tmp_path: Path) -> N
     nxt = runner.invoke(app, ["execute", "--as-of", D])
     assert nxt.exit_code == 0, nxt.output
     assert sorted(_paper_orders(env / "ledger.sqlite").values()) == [1, 1]
+
+
+def _cli_execute(as_of: str, out: str) -> None:
+    runner, app = _cli()
+    res = runner.invoke(app, ["execute", "--as-of", as_of])
+    Path(out).write_text(f"{res.exit_code}\n{res.output}\n{res.exception!r}")
+    os._exit(0)
+
+
+def _blocked_other_session(flag: str) -> None:
+    _install("after_submitted", 1, Path(flag))
+    runner, app = _cli()
+    runner.invoke(app, ["execute", "--as-of", "2024-03-05"])
+    os._exit(0)
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_stops_an_execution_waiting_for_the_pool(env: Path, tmp_path: Path) -> None:
+    """``timeout`` (SIGTERM) must stop an ``ais execute`` that waits for the duckdb pool slot a
+    live run of another session holds; both sessions then complete."""
+    write_nightly(env / "warehouse.duckdb", as_of="2024-03-05", spec=TWO)
+    with dg.DagsterInstance.get() as instance:
+        dg.materialize(stand_ins({}), partition_key="2024-03-05", instance=instance)
+    ctx = mp.get_context("fork")
+    flag = tmp_path / "other-session"
+    holder = ctx.Process(target=_blocked_other_session, args=(str(flag),))
+    holder.start()
+    waiter = None
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert holder.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        waiter = ctx.Process(target=_cli_execute, args=(D, str(tmp_path / "waiter.txt")))
+        waiter.start()
+        time.sleep(5)
+        with dg.DagsterInstance.get() as instance:
+            holders = instance.event_log_storage.get_concurrency_info("duckdb").active_run_ids
+        assert waiter.is_alive() and len(holders) == 1  # waiting: the live holder keeps the only slot
+        began = time.monotonic()
+        os.kill(waiter.pid, signal.SIGTERM)
+        waiter.join(20)
+        assert not waiter.is_alive(), "SIGTERM did not stop the waiting execution"
+        assert time.monotonic() - began < 20
+        assert (tmp_path / "waiter.txt").read_text().split("\n", 1)[0] == "130"
+    finally:
+        if waiter is not None and waiter.is_alive():
+            _kill(waiter)
+        _kill(holder)
+    assert _paper_orders(env / "ledger.sqlite") == {}  # the other session's order never left (held at SUBMITTED)
+    runner, app = _cli()
+    assert runner.invoke(app, ["execute", "--as-of", "2024-03-05"]).exit_code == 0
+    nxt = runner.invoke(app, ["execute", "--as-of", D])
+    assert nxt.exit_code == 0, nxt.output
+    sent = _paper_orders(env / "ledger.sqlite")
+    assert len(sent) >= 2 and set(sent.values()) == {1}  # recovered and sent, never twice
