@@ -1198,6 +1198,9 @@ def run_capital_auction(
             if best is not None:
                 _, x, h_un, w, comp_cap_used, _ = best
                 comp_bound = np.isfinite(comp_cap_used) & (w >= comp_cap_used - 1e-9) & (w > 0)
+                if limit_c is not None:  # the exact component at its limit is the binding one
+                    at_limit = portfolio_cvar(w, r, params.alpha, p).component >= limit_c * (1 - 1e-7)
+                    comp_bound = (comp_bound | at_limit) & (w > 0)
                 last_problem = best_problem
             else:
                 # No round met every component limit: scale the last book down (homogeneity), no
@@ -1265,11 +1268,11 @@ def run_capital_auction(
         relaxed = sym_ub_raw_f[i] < min_reach[i] - _TOL  # the cap is below what can be sold tonight
         if exiting[i]:
             names.append("exit")
-        if not relaxed and w[i] >= sym_ub_raw_f[i] - _TOL and not exiting[i]:
-            if comp_bound[i]:
-                names.append(COMPONENT_CAP)
-                codes_i.append(ReasonCode.COMPONENT_CVAR_BREACH)
-            elif reduce_only and w_now[i] < sym_cap[i] - _TOL:
+        if not relaxed and not exiting[i] and comp_bound[i]:
+            names.append(COMPONENT_CAP)
+            codes_i.append(ReasonCode.COMPONENT_CVAR_BREACH)
+        elif not relaxed and w[i] >= sym_ub_raw_f[i] - _TOL and not exiting[i]:
+            if reduce_only and w_now[i] < sym_cap[i] - _TOL:
                 names.append("reduce_only")
             else:
                 for c in sym_cap_table.columns:
