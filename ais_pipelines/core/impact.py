@@ -225,6 +225,33 @@ def round_trip_cost(
     return 2.0 * est["impact_bps"] / BPS
 
 
+def trade_cost_coefficients(
+    nav: float,
+    price: np.ndarray | pd.Series | float,
+    adv_shares: np.ndarray | pd.Series | float,
+    sigma_daily: np.ndarray | pd.Series | float,
+    spread_bps: np.ndarray | pd.Series | float,
+    regime: object = "NORMAL",
+    multipliers: Mapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(a, k) with the §H1 one-way cost of trading ``v`` (weight of NAV) = ``v · (a + k·√v)``.
+
+    Same model as :func:`impact_estimate`, rewritten in weights for the auction: with
+    participation ``v·NAV / (price·ADV)``, ``a = m·spread/2`` and ``k = m·1.5·0.1·σ·√(NAV/(price·ADV))``
+    (return fractions). NaN where no estimate is computable (the auction then cannot trade it).
+    """
+    px, adv, sig, spr = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (price, adv_shares, sigma_daily, spread_bps)))
+    m = regime_multiplier(regime, multipliers)
+    valid = (
+        np.isfinite(px) & (px > 0) & np.isfinite(adv) & (adv > 0) & np.isfinite(sig) & (sig >= 0)
+        & np.isfinite(spr) & (spr >= 0) & np.isfinite(nav) & (nav > 0)
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = m * spr / 2.0 / BPS
+        k = m * (1.0 + PERMANENT_RATIO) * TEMPORARY_COEFF * sig * np.sqrt(nav / (px * adv))
+    return np.where(valid, a, np.nan), np.where(valid, k, np.nan)
+
+
 def _as_series(x: pd.Series | pd.DataFrame | Mapping[str, float] | None, value_col: str) -> pd.Series:
     if x is None:
         return pd.Series(dtype=float)
