@@ -417,8 +417,12 @@ class Policies:
     def risk(self) -> RiskPolicy:
         return load_policy_file(self.path("risk.yaml"), RiskPolicy)
 
+    @cached_property
+    def auction(self) -> AuctionPolicy:
+        return load_policy_file(self.path("auction.yaml"), AuctionPolicy)
+
     FILES: tuple[str, ...] = (
-        "universe", "providers", "quality", "schedules", "models", "strategies", "mandate", "risk",
+        "universe", "providers", "quality", "schedules", "models", "strategies", "mandate", "risk", "auction",
     )
 
     def validate_all(self) -> list[str]:
@@ -439,3 +443,27 @@ class Policies:
             return shipped_policy(self.directory)
         except PolicyError as exc:
             raise PolicyFileError(getattr(exc, "path", self.directory), [str(exc)]) from exc
+
+
+# --- capital auction (§F, issue 11) ----------------------------------------------------------
+class AuctionPolicy(_Strict):
+    """``policies/auction.yaml``: settings of the holdings-aware auction LP (docs/risk.md)."""
+
+    turnover_limit: float | None = Field(default=0.25, ge=0, le=2)
+    turnover_penalty_bps: float = Field(default=0.0, ge=0, le=1000)
+    impact_segments: int = Field(default=6, ge=1, le=20)
+    max_sector_weight: float = Field(default=0.30, gt=0, le=1)
+    sector_caps: dict[str, float] = {}
+    asset_class_caps: dict[AssetClass, float] = {}
+    max_component_iterations: int = Field(default=10, ge=0, le=100)
+    polish_rounds: int = Field(default=2, ge=0, le=20)
+    warm_start: bool = True
+
+    @field_validator("sector_caps", "asset_class_caps")
+    @classmethod
+    def _caps_in_unit_interval(cls, v: dict[Any, float]) -> dict[Any, float]:
+        for k, cap in v.items():
+            if not 0 <= cap <= 1:
+                raise ValueError(f"cap of {k} must be in [0, 1], got {cap}")
+        return v
+
