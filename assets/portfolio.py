@@ -70,9 +70,11 @@ def load_warm_start(runtime: RuntimeResource, as_of: pd.Timestamp) -> auction_co
     if not earlier:
         return None
     try:
-        return auction_core.WarmStart.load(earlier[-1])
+        warm = auction_core.WarmStart.load(earlier[-1])
     except (OSError, ValueError, KeyError):
         return None  # unreadable state only costs a cold solve
+    warm.label = earlier[-1].stem  # the partition whose solve produced it
+    return warm
 
 
 def read_scenarios(con, as_of: pd.Timestamp) -> Scenarios:
