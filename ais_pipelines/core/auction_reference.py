@@ -43,6 +43,7 @@ def solve_reference(
     strategy_caps: Mapping[str, float] | None = None,
     group_caps: Mapping[str, Mapping[str, float]] | None = None,
     solver: str = "HIGHS",
+    solver_options: Mapping[str, object] | None = None,
 ) -> ReferenceSolution:
     """Solve the auction LP with cvxpy. Supports the features the parity tests use: candidate caps
     (``cap_*``), symbol caps (``cap_symbol*``), exits, trade caps, impact (``half_spread`` /
@@ -100,14 +101,19 @@ def solve_reference(
     floor = np.clip(w_now - finite_tc, 0.0, None)
     upper = np.minimum(sym_cap, w_now) if reduce_only else sym_cap
     upper = np.maximum(upper, floor)
-    cons = [x <= x_ub, h <= w_now, w <= upper, cp.abs(d) <= finite_tc]
+    fin = np.isfinite(upper)
+    cons = [x <= x_ub, h <= w_now, cp.abs(d) <= finite_tc]
+    if fin.any():
+        cons.append(w[np.flatnonzero(fin)] <= upper[fin])
     if reduce_only:
         cons.append(d <= 0)
-    cost_terms = []
-    for s in range(s_n):
-        slope, icpt = chord_lines(float(finite_tc[s]), float(a[s]), float(kk[s]), p.impact_segments)
-        cost_terms.append(cp.max(cp.hstack([slope[j] * cp.abs(d[s]) + icpt[j] for j in range(len(slope))])))
-    cost = cp.sum(cp.hstack(cost_terms)) if cost_terms else 0.0
+    lines = [chord_lines(float(finite_tc[s]), float(a[s]), float(kk[s]), p.impact_segments) for s in range(s_n)]
+    slopes = np.array([ln[0] for ln in lines]).reshape(s_n, p.impact_segments)
+    icpts = np.array([ln[1] for ln in lines]).reshape(s_n, p.impact_segments)
+    # cost_s = max_j (slope_sj·|d_s| + intercept_sj), the convex chord interpolant, as an epigraph
+    v = cp.Variable(s_n)
+    cons += [v >= cp.multiply(slopes[:, j], cp.abs(d)) + icpts[:, j] for j in range(p.impact_segments)]
+    cost = cp.sum(v)
     sid = cand["strategy_id"].astype(str).to_numpy()
     for g, cap in (strategy_caps or {}).items():
         m = sid == g
@@ -139,7 +145,11 @@ def solve_reference(
     obj = cp.Maximize(mu @ x - cost - p.turnover_penalty * cp.sum(cp.abs(d)) - p.risk_aversion * cvar)
     prob = cp.Problem(obj, cons)
     t0 = time.perf_counter()
-    prob.solve(solver=solver)
+    opts = dict(solver_options or {})
+    if solver == "HIGHS":  # tight tolerances: this is the reference the product is held to
+        opts.setdefault("primal_feasibility_tolerance", 1e-10)
+        opts.setdefault("dual_feasibility_tolerance", 1e-10)
+    prob.solve(solver=solver, **opts)
     elapsed = time.perf_counter() - t0
     ok = prob.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
     wv = np.asarray(w.value).ravel() if ok else np.full(s_n, np.nan)
