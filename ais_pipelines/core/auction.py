@@ -97,6 +97,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from ais_pipelines.core.cvar import (
     DEFAULT_ALPHA,
@@ -482,7 +483,10 @@ def _build_lp(p: _Problem, lay: _Layout) -> Any:
         add(np.full(2 * s * j, lay.r_turn), lay.ob + np.arange(2 * s * j), 1.0)
     # scenario_t: ζ + u_t + Σ_s r_ts w_s ≥ 0
     tt = np.arange(t)
-    add(lay.r_scen + np.repeat(tt, s), lay.ow + np.tile(sym_idx, t), p.returns.ravel())
+    dense = sparse.coo_matrix(p.returns)  # the T × S scenario block, converted in C
+    rows.append(dense.row.astype(np.int64) + lay.r_scen)
+    cols.append(dense.col.astype(np.int64) + lay.ow)
+    vals.append(dense.data)
     add(lay.r_scen + tt, np.full(t, lay.oz), 1.0)
     add(lay.r_scen + tt, lay.ou + tt, 1.0)
     if lay.r_cvar >= 0:
@@ -492,15 +496,12 @@ def _build_lp(p: _Problem, lay: _Layout) -> Any:
         m_reg = len(p.region_rows)  # type: ignore[arg-type]
         add(lay.r_region + np.repeat(np.arange(m_reg), s), lay.ow + np.tile(sym_idx, m_reg), p.region_rows)
 
-    r_all = np.concatenate(rows)
-    c_all = np.concatenate(cols)
-    v_all = np.concatenate(vals)
-    keep = v_all != 0.0
-    r_all, c_all, v_all = r_all[keep], c_all[keep], v_all[keep]
-    order = np.lexsort((r_all, c_all))
-    r_all, c_all, v_all = r_all[order], c_all[order], v_all[order]
-    starts = np.zeros(lay.n_col + 1, dtype=np.int32)
-    np.cumsum(np.bincount(c_all, minlength=lay.n_col), out=starts[1:])
+    # COO → CSC in scipy's C code (a lexsort of ~2.5M triplets at N = 2000 took 0.4 s).
+    mat = sparse.csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(lay.n_row, lay.n_col)
+    )
+    mat.eliminate_zeros()
+    mat.sort_indices()
 
     row_lo = np.full(lay.n_row, -inf)
     row_up = np.full(lay.n_row, inf)
@@ -519,20 +520,14 @@ def _build_lp(p: _Problem, lay: _Layout) -> Any:
     if lay.r_region >= 0:
         row_lo[lay.r_region :] = 0.0
 
-    lp = highspy.HighsLp()
-    lp.num_col_ = lay.n_col
-    lp.num_row_ = lay.n_row
-    lp.col_cost_ = cost
-    lp.col_lower_ = lo
-    lp.col_upper_ = up
-    lp.row_lower_ = row_lo
-    lp.row_upper_ = row_up
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.num_col_ = lay.n_col
-    lp.a_matrix_.num_row_ = lay.n_row
-    lp.a_matrix_.start_ = starts
-    lp.a_matrix_.index_ = r_all.astype(np.int32)
-    lp.a_matrix_.value_ = v_all
+    # Arrays go to HiGHS through the array overload of passModel: assigning them to a HighsLp's
+    # fields converts element by element (≈ 0.25 s for the 2.5M coefficients of N = 2000).
+    lp = (
+        lay.n_col, lay.n_row, int(mat.nnz), int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize),
+        0.0, cost, lo, up, row_lo, row_up,
+        mat.indptr.astype(np.int32), mat.indices.astype(np.int32), mat.data.astype(np.float64),
+        np.zeros(lay.n_col, dtype=np.int32),  # all continuous
+    )
     return lp, row_lo, row_up, lo, up
 
 
@@ -565,9 +560,10 @@ def _map_basis(warm: WarmStart, lay: _Layout, row_lo: np.ndarray, row_up: np.nda
     elif n_basic < lay.n_row:  # too few: promote nonbasic rows
         idx = np.flatnonzero(row != basic)[: lay.n_row - n_basic]
         row[idx] = basic
+    table = [highspy.HighsBasisStatus(i) for i in range(5)]  # enum objects once, then look them up
     b = highspy.HighsBasis()
-    b.col_status = [highspy.HighsBasisStatus(int(v)) for v in col]
-    b.row_status = [highspy.HighsBasisStatus(int(v)) for v in row]
+    b.col_status = [table[v] for v in col.tolist()]
+    b.row_status = [table[v] for v in row.tolist()]
     b.valid = True
     return b, (nc + nr) / (lay.n_col + lay.n_row)
 
@@ -618,7 +614,9 @@ class AuctionSolver:
         lay = _layout(p)
         lp, row_lo, row_up, _, _ = _build_lp(p, lay)
         h = self._new_highs()
-        h.passModel(lp)
+        st = h.passModel(*lp)
+        if st == highspy.HighsStatus.kError:
+            raise RuntimeError(f"HiGHS refused the model: {st}")
         warm = False
         if self.warm is not None:
             if self.warm.structure != p.structure():
@@ -638,7 +636,7 @@ class AuctionSolver:
         if warm and status not in (ms.kOptimal, ms.kInfeasible):
             self._code(ReasonCode.WARM_START_FAILED)  # re-run cold rather than trust it
             h = self._new_highs()
-            h.passModel(lp)
+            h.passModel(*lp)
             h.run()
             status = h.getModelStatus()
             warm = False
@@ -653,9 +651,9 @@ class AuctionSolver:
             self.warm = WarmStart(
                 structure=p.structure(),
                 col_keys=np.array(lay.col_keys),
-                col_status=np.array([int(v) for v in basis.col_status], dtype=np.int8),
+                col_status=np.array(basis.col_status, dtype=np.int8),
                 row_keys=np.array(lay.row_keys),
-                row_status=np.array([int(v) for v in basis.row_status], dtype=np.int8),
+                row_status=np.array(basis.row_status, dtype=np.int8),
             )
             return _Solution(
                 STATUS_OPTIMAL,
