@@ -17,10 +17,11 @@ estimate or does not exist.
 
 Execution style (§H2): NORMAL → PASSIVE, VOLATILE → SLICED, CRISIS → REDUCE_ONLY.
 
-The auction needs a cost per unit of weight: :func:`round_trip_cost` evaluates the one-way
-total at a reference size (use the candidate's maximum cap: impact grows with size, so this
-overstates the cost of any smaller allocation — the conservative side) and doubles it for the
-round trip (in and out), as a return fraction.
+The auction charges the impact on the *trade* ``|w − w_now|``: :func:`trade_cost_coefficients`
+rewrites the same model in weights, ``cost(v) = v·(a + k·√v)`` with ``a`` the half spread and
+``k·√v`` the temporary + permanent impact (after the regime multiplier), which the auction
+turns into a convex piecewise-linear function of the trade. :func:`round_trip_cost` (in + out
+at a reference size) is kept for callers that need a per-position figure.
 """
 
 from __future__ import annotations

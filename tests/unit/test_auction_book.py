@@ -375,7 +375,7 @@ def test_component_cvar_gap_to_exact_optimum_is_measured_and_small() -> None:
         assert ours.objective <= exact + 1e-9  # never better than the optimum
         assert ours.component_gap_bound >= exact - ours.objective - 1e-12  # the reported bound is a bound
         gaps.append((exact - ours.objective) / abs(exact))
-    # Measured (docs/risk.md): median 0, mean 0.8 %, worst 2.8 % of the objective on these 8 cases.
+    # Measured (docs/risk.md): median 0, mean 0.5 %, worst 2.8 % of the objective on these 8 cases.
     assert np.median(gaps) <= 1e-6
     assert np.mean(gaps) <= 0.01 and max(gaps) <= 0.03, gaps
 
