@@ -403,3 +403,20 @@ def test_saved_warm_start_carries_to_the_next_night(tmp_path) -> None:  # noqa: 
                                   params=AuctionParams(impact_segments=3), warm_start=loaded)
     assert not changed.warm_started and "WARM_START_SHAPE_CHANGED" in [str(c) for c in changed.reason_codes]
     assert changed.status == "OPTIMAL"
+
+
+def test_auction_policy_is_validated_and_errors_name_file_key_value(tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    from ais_pipelines.config import DEFAULT_POLICIES_DIR, Policies, PolicyFileError
+
+    shutil.copytree(DEFAULT_POLICIES_DIR, tmp_path / "p")
+    pol = Policies(tmp_path / "p")
+    assert pol.auction.turnover_limit == 0.25 and pol.auction.impact_segments == 6  # shipped defaults
+    (tmp_path / "p" / "auction.yaml").write_text("turnover_limit: -0.1\nimpact_segments: 6\n")
+    with pytest.raises(PolicyFileError) as err:
+        _ = Policies(tmp_path / "p").auction
+    assert "auction.yaml" in str(err.value) and "turnover_limit" in str(err.value) and "-0.1" in str(err.value)
+    (tmp_path / "p" / "auction.yaml").write_text("turnover_limt: 0.2\n")  # typo: refused, not ignored
+    with pytest.raises(PolicyFileError, match="turnover_limt"):
+        _ = Policies(tmp_path / "p").auction
