@@ -65,7 +65,9 @@ to ``limit / m_s`` at this tail and re-solve warm — monotone, so it ends withi
 (2) Tail-region polish: around the best such book, hold the ranking of the tail fixed with
 linear rows (``L_t ≥ L_b ≥ L_s`` for tail t, boundary b, the rest s); inside that region CVaR
 and every component are exactly linear, so one LP gives the best book of the region with the
-component limits as exact bounds; repeat from it (``polish_rounds``) while it improves. Every
+component limits as exact bounds; the neighbouring regions (boundary swapped with the nearest
+outside scenarios, or with the weakest tail member) are solved too, and the round repeats from
+the best book (``polish_rounds``, ``polish_neighbors``) while it improves. Every
 accepted book is checked on the exact historical components (a tie at the boundary can share the
 tail differently: the book is then scaled down by the hair it needs). If no round is feasible
 the last book is scaled down (homogeneity) with ``SCALED_FOR_CVAR``. The objective lost against
@@ -213,7 +215,8 @@ class AuctionParams:
     min_investment: float = 0.0  # Σw ≥ min_investment
     require_positive_mu: bool = True  # μ ≤ 0 → not eligible for capital
     max_component_iterations: int = 10
-    polish_rounds: int = 2  # tail-region LPs after the component loop (0 = off)
+    polish_rounds: int = 2  # rounds of tail-region LPs after the component loop (0 = off)
+    polish_neighbors: int = 2  # neighbouring tail regions tried per round (besides the book's own)
     turnover_limit: float | None = None  # Σ|Δw| per night (one-way, NAV fraction); None = none
     turnover_penalty: float = 0.0  # charged per unit of Σ|Δw| on top of the impact
     impact_segments: int = DEFAULT_IMPACT_SEGMENTS  # J pieces of the convex impact per leg
@@ -528,9 +531,20 @@ def _build_lp(p: _Problem, lay: _Layout) -> Any:
     # Arrays go to HiGHS through the array overload of passModel: assigning them to a HighsLp's
     # fields converts element by element (≈ 0.25 s for the 2.5M coefficients of N = 2000).
     lp = (
-        lay.n_col, lay.n_row, int(mat.nnz), int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize),
-        0.0, cost, lo, up, row_lo, row_up,
-        mat.indptr.astype(np.int32), mat.indices.astype(np.int32), mat.data.astype(np.float64),
+        lay.n_col,
+        lay.n_row,
+        int(mat.nnz),
+        int(highspy.MatrixFormat.kColwise),
+        int(highspy.ObjSense.kMinimize),
+        0.0,
+        cost,
+        lo,
+        up,
+        row_lo,
+        row_up,
+        mat.indptr.astype(np.int32),
+        mat.indices.astype(np.int32),
+        mat.data.astype(np.float64),
         np.zeros(lay.n_col, dtype=np.int32),  # all continuous
     )
     return lp, row_lo, row_up, lo, up
@@ -1179,23 +1193,26 @@ def run_capital_auction(
             comp_iters += 1
         if status == STATUS_OPTIMAL and best is not None and limit_c is not None and comp_iters:
             for _ in range(params.polish_rounds):
-                polished = _polish(best[3], make_problem, r, p, params, limit_c)
-                total_solve += polished[-1]
-                if polished[0] is None:
+                improved = False
+                for reg in _tail_regions(best[3], r, p, params.alpha, params.polish_neighbors):
+                    sol_p, prob_p, comp_cap_p, secs = _region_solve(reg, make_problem, r, p, params, limit_c)
+                    total_solve += secs
+                    if sol_p is None:
+                        continue
+                    obj_p = _objective(sol_p.x, p, r, sol_p.w, w_now, prob_p, params)
+                    if obj_p > best[0] + 1e-12:
+                        best = (
+                            obj_p,
+                            sol_p.x.copy(),
+                            sol_p.h.copy(),
+                            sol_p.w.copy(),
+                            comp_cap_p,
+                            sol_p.row_value.copy(),
+                        )
+                        best_problem = prob_p
+                        improved = True
+                if not improved:
                     break
-                sol_p, prob_p, comp_cap_p = polished[0], polished[1], polished[2]
-                obj_p = _objective(sol_p.x, p, r, sol_p.w, w_now, prob_p, params)
-                if obj_p <= best[0] + 1e-12:
-                    break
-                best = (
-                    obj_p,
-                    sol_p.x.copy(),
-                    sol_p.h.copy(),
-                    sol_p.w.copy(),
-                    comp_cap_p,
-                    sol_p.row_value.copy(),
-                )
-                best_problem = prob_p
                 polish_rounds += 1
         if status == STATUS_OPTIMAL:
             if best is not None:
@@ -1462,19 +1479,60 @@ def run_capital_auction(
     )
 
 
-def _polish(
-    w: np.ndarray, make_problem: Any, r: np.ndarray, p: np.ndarray, params: AuctionParams, limit_c: float
-) -> tuple[_Solution | None, _Problem, np.ndarray, float]:
-    """Best book in the tail region of ``w``: with the ranking of the tail held fixed, CVaR and every
-    Euler component are linear, so the component limits are exact LP bounds there."""
-    res = portfolio_cvar(w, r, params.alpha, p)
-    theta = res.tail_weights
+def _tail_regions(
+    w: np.ndarray, r: np.ndarray, p: np.ndarray, alpha: float, n_neighbors: int
+) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    """The tail region of ``w`` and its nearest neighbours, each as (full members, boundary, θ).
+
+    A region is a ranking of the tail: scenarios F carry their whole probability, the boundary b
+    the rest of the 1 − α mass. Neighbours swap the boundary with the nearest scenarios outside
+    the tail, or swap the boundary with the weakest full member (where the probabilities allow it)."""
     loss = -(r @ w)
-    tail = theta > 0
-    b = int(np.flatnonzero(tail)[np.argmin(loss[tail])])  # the boundary (partial) scenario
-    rows_in = r[b][None, :] - r[tail & (np.arange(len(theta)) != b)]  # L_t ≥ L_b
-    rows_out = r[~tail] - r[b][None, :]  # L_b ≥ L_s
-    m = res.marginal
+    theta0 = portfolio_cvar(w, r, alpha, p).tail_weights
+    tail = theta0 > 0
+    idx_tail = np.flatnonzero(tail)
+    b0 = int(idx_tail[np.argmin(loss[tail])])
+    full0 = tail.copy()
+    full0[b0] = False
+    mass = 1.0 - alpha
+
+    def region(full: np.ndarray, b: int) -> tuple[np.ndarray, int, np.ndarray] | None:
+        rest = mass - p[full].sum()
+        if rest <= 1e-15 or rest > p[b] * (1 + 1e-9):
+            return None
+        theta = np.where(full, p / mass, 0.0)
+        theta[b] = rest / mass
+        return full, b, theta
+
+    out = [(full0, b0, theta0)]  # its own region, θ as the exact check shares it (ties included)
+    outside = np.flatnonzero(~tail)
+    for s in outside[np.argsort(-loss[outside])][:n_neighbors]:  # b leaves, s becomes the boundary
+        out.append(region(full0, int(s)))
+    if full0.any():
+        f = int(np.flatnonzero(full0)[np.argmin(loss[full0])])
+        full1 = full0.copy()  # b becomes a full member, the weakest full member the boundary
+        full1[f], full1[b0] = False, True
+        out.append(region(full1, f))
+
+    return [x for x in out if x is not None]
+
+
+def _region_solve(
+    region: tuple[np.ndarray, int, np.ndarray],
+    make_problem: Any,
+    r: np.ndarray,
+    p: np.ndarray,
+    params: AuctionParams,
+    limit_c: float,
+) -> tuple[_Solution | None, _Problem, np.ndarray, float]:
+    """Best book in one tail region: with its ranking held fixed, CVaR and every Euler component
+    are linear, so the component limits are exact LP bounds there."""
+    full, b, theta = region
+    others = ~full
+    others[b] = False
+    rows_in = r[b][None, :] - r[full]  # L_t ≥ L_b for the full members
+    rows_out = r[others] - r[b][None, :]  # L_b ≥ L_s for the rest
+    m = -(theta @ r)
     cap = np.where(m > 0, limit_c / np.where(m > 0, m, 1.0) * (1 - 1e-9), np.inf)
     prob = make_problem(cap)
     prob.region_m = m

@@ -325,13 +325,15 @@ def test_h_infeasible_allocates_nothing_and_records_why() -> None:
 # --- component CVaR: measured gap against an exact solve ------------------------------------------------
 
 
-def exact_component_optimum(mu: np.ndarray, r: np.ndarray, lam: float, k: int, limit: float) -> float:
+def exact_component_optimum(mu: np.ndarray, r: np.ndarray, lam: float, k: int, limit: float, margin: float = 0.0) -> float:
     """max μ·w − λ·CVaR s.t. Euler components ≤ limit, Σw ≤ 1, w ≥ 0, by enumerating the tail set.
 
     With T·(1−α) = k scenarios in the tail, fixing the set S makes CVaR = mean_S(L) and every
     component w_i·mean_S(−r_i) linear; the ranking constraints L_t ≥ L_s (t ∈ S, s ∉ S) keep S
-    the tail. One LP per set; the best over all sets is the optimum (ties count either way, so it
-    is an upper bound on what a tie-sharing check accepts)."""
+    the tail. One LP per set; the best over all sets is the optimum. With ``margin = 0`` a tie at
+    the boundary counts for whichever set is being solved — an upper bound, which a tie-sharing
+    check (``cvar.tail_weights``, the product's and the blocking check's) may reject; with a margin
+    > 0 the tail is strict and every solution passes that check."""
     t, n = r.shape
     best = -np.inf
     for s_set in itertools.combinations(range(t), k):
@@ -343,8 +345,8 @@ def exact_component_optimum(mu: np.ndarray, r: np.ndarray, lam: float, k: int, l
         b_ub = [1.0]
         for i in np.flatnonzero(inside):
             for j in np.flatnonzero(~inside):
-                a_ub.append(r[i] - r[j])  # L_i ≥ L_j  ⇔  (r_i − r_j)·w ≤ 0
-                b_ub.append(0.0)
+                a_ub.append(r[i] - r[j])  # L_i ≥ L_j + margin  ⇔  (r_i − r_j)·w ≤ −margin
+                b_ub.append(-margin)
         bounds = [(0, limit / m[i] if m[i] > 0 else None) for i in range(n)]
         out = linprog(c, A_ub=np.array(a_ub), b_ub=np.array(b_ub), bounds=bounds, method="highs")
         if out.status == 0:
