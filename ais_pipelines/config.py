@@ -585,9 +585,13 @@ class Policies:
     def operators(self) -> OperatorsPolicy:
         return load_policy_file(self.path("operators.yaml"), OperatorsPolicy)
 
+    @cached_property
+    def auction(self) -> AuctionPolicy:
+        return load_policy_file(self.path("auction.yaml"), AuctionPolicy)
+
     FILES: tuple[str, ...] = (
         "universe", "providers", "quality", "schedules", "models", "strategies", "mandate", "risk",
-        "operators",
+        "operators", "auction",
     )
     # What an execution run reads (the broker's cash and calendars, the clock, limits, who acts).
     EXECUTION_FILES: tuple[str, ...] = ("universe", "providers", "mandate", "risk", "operators")
@@ -688,3 +692,27 @@ def require_execution_policies(policies: Policies, env: str) -> None:
     errors = policies.check(files=Policies.EXECUTION_FILES, environments=(env,))
     if errors:
         raise errors[0]
+
+
+# --- capital auction (§F, issue 11) ----------------------------------------------------------
+class AuctionPolicy(_Strict):
+    """``policies/auction.yaml``: settings of the holdings-aware auction LP (docs/risk.md)."""
+
+    turnover_limit: float | None = Field(default=0.25, ge=0, le=2)
+    turnover_penalty_bps: float = Field(default=0.0, ge=0, le=1000)
+    impact_segments: int = Field(default=6, ge=1, le=20)
+    max_sector_weight: float = Field(default=0.30, gt=0, le=1)
+    sector_caps: dict[str, float] = {}
+    asset_class_caps: dict[AssetClass, float] = {}
+    max_component_iterations: int = Field(default=10, ge=0, le=100)
+    polish_rounds: int = Field(default=2, ge=0, le=20)
+    warm_start: bool = True
+
+    @field_validator("sector_caps", "asset_class_caps")
+    @classmethod
+    def _caps_in_unit_interval(cls, v: dict[Any, float]) -> dict[Any, float]:
+        for k, cap in v.items():
+            if not 0 <= cap <= 1:
+                raise ValueError(f"cap of {k} must be in [0, 1], got {cap}")
+        return v
+

@@ -2,6 +2,7 @@
 scenarios → auction → portfolio CVaR (with breach scaling) → order proposals for session D+1."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -12,6 +13,7 @@ from ais_pipelines.config import Policies
 from ais_pipelines.core import auction as auction_core
 from ais_pipelines.core import cvar as cvar_core
 from ais_pipelines.core import impact as impact_core
+from ais_pipelines.core.auction_inputs import auction_inputs, book_nav
 from ais_pipelines.core.features import session_aligned_log_returns
 from ais_pipelines.core.scenarios import Scenarios, scenario_returns
 from ais_pipelines.warehouse import read_bars, read_table, replace_partition
@@ -20,28 +22,59 @@ from assets.intelligence import read_regime, strategy_candidates
 from assets.partitions import as_of_partitions, partition_as_of
 from assets.quality import data_quality, read_quality
 from resources.policies import PoliciesResource
+from resources.runtime import RuntimeResource
 
 RISK = dict(group_name="portfolio", partitions_def=as_of_partitions, kinds={"python", "duckdb"}, pool="duckdb")
 ELIGIBLE = "VALID"
 
 
-def auction_params(pol: Policies) -> auction_core.AuctionParams:
-    r = pol.risk
+def auction_params(pol: Policies, reduce_only: bool = False) -> auction_core.AuctionParams:
+    r, a, m = pol.risk, pol.auction, pol.mandate
     return auction_core.AuctionParams(
         horizon=r.horizon_sessions, alpha=r.alpha, risk_aversion=r.risk_aversion,
-        cvar_limit=r.portfolio_cvar_limit, component_cvar_limit=r.component_cvar_limit, budget=r.budget,
+        cvar_limit=r.portfolio_cvar_limit, component_cvar_limit=r.component_cvar_limit,
+        budget=min(r.budget, m.max_gross_exposure), turnover_limit=a.turnover_limit,
+        turnover_penalty=a.turnover_penalty_bps / 1e4, impact_segments=a.impact_segments,
+        max_component_iterations=a.max_component_iterations, polish_rounds=a.polish_rounds,
+        reduce_only=reduce_only,
     )
 
 
-def current_book(con, as_of: pd.Timestamp, default_nav: float) -> tuple[pd.DataFrame, float]:
-    """Positions and NAV as last recorded by the intraday job before D's decision."""
+def current_book(con, as_of: pd.Timestamp, default_nav: float) -> tuple[pd.DataFrame, float | None, float]:
+    """(positions, cash, last NAV) as last recorded by the intraday job before D's decision.
+
+    The last ``positions_snapshot`` before D is the book after the session that ended at D's
+    close (broker truth, reconciled with the ledger): the as-of-close book, with no broker call.
+    """
     pos = read_table(con, "positions_snapshot", "as_of < ?", [as_of.date()])
     pnl = read_table(con, "pnl_history", "as_of < ?", [as_of.date()])
-    nav = float(pnl.sort_values("as_of")["nav"].iloc[-1]) if not pnl.empty and "nav" in pnl else default_nav
+    last_pnl = pnl.sort_values("as_of").iloc[-1] if not pnl.empty else None
+    nav = float(last_pnl["nav"]) if last_pnl is not None and "nav" in pnl else default_nav
+    cash = float(last_pnl["cash"]) if last_pnl is not None and "cash" in pnl else None
+    cols = ["symbol", "qty", "market_value", "mark"]
     if pos.empty:
-        return pd.DataFrame({"symbol": pd.Series(dtype=str), "qty": pd.Series(dtype=float)}), nav
+        return pd.DataFrame({c: pd.Series(dtype=str if c == "symbol" else float) for c in cols}), cash, nav
     last = pos[pos["as_of"] == pos["as_of"].max()]
-    return last[["symbol", "qty"]].reset_index(drop=True), nav
+    return last[[c for c in cols if c in last.columns]].reset_index(drop=True), cash, nav
+
+
+WARM_DIR = "auction_state"
+
+
+def load_warm_start(runtime: RuntimeResource, as_of: pd.Timestamp) -> auction_core.WarmStart | None:
+    """The basis saved by the latest partition before D (D−1 in a nightly run or a replay)."""
+    d = Path(runtime.root) / WARM_DIR
+    if not d.is_dir():
+        return None
+    earlier = sorted(p for p in d.glob("*.npz") if p.stem < as_of.date().isoformat())
+    if not earlier:
+        return None
+    try:
+        warm = auction_core.WarmStart.load(earlier[-1])
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable state only costs a cold solve
+    warm.label = earlier[-1].stem  # the partition whose solve produced it
+    return warm
 
 
 def read_scenarios(con, as_of: pd.Timestamp) -> Scenarios:
@@ -94,94 +127,89 @@ def scenario_returns_asset(context: dg.AssetExecutionContext, policies: Policies
     })
 
 
-def build_auction_input(cands: pd.DataFrame, pol: Policies, nav: float, regime: dict) -> pd.DataFrame:
-    """Candidates → auction rows with every §F1 cap, named per source so the binding one is known."""
-    m, r = pol.mandate, pol.risk
-    c = cands.copy()
-    allowed = np.array([m.symbol_allowed(s, a) for s, a in zip(c["symbol"], c["asset_class"], strict=True)])
-    c["cap_mandate"] = np.where(allowed, m.max_position_weight, 0.0)
-    c["cap_stage"] = c["strategy_cap"].astype(float)
-    c["cap_liquidity"] = m.max_adv_participation * c["adv_usd_20d"].astype(float) / nav
-    c["cap_quality"] = m.max_position_weight * np.clip(c["data_quality_score"].astype(float) / r.quality_full_weight, 0, 1)
-    scale = 0.0 if bool(regime.get("reduce_only")) else float(regime.get("exposure_scale", 0.0))
-    c["cap_crisis"] = m.max_position_weight * scale
-    caps = c[["cap_mandate", "cap_stage", "cap_liquidity", "cap_quality", "cap_crisis"]].min(axis=1)
-    adv_shares = c["adv_usd_20d"].astype(float) / c["close"].astype(float)
-    c["cost"] = impact_core.round_trip_cost(caps.clip(lower=1e-6), nav, c["close"], adv_shares, c["ewma_vol"],
-                                            c["spread_bps_est"], regime.get("regime", "CRISIS"))
-    c["eligibility"] = np.where(c["stage"] == "DECOMMISSIONED", "DECOMMISSIONED", c["status"])
-    c["data_quality_penalty"] = 1.0 - c["data_quality_score"].astype(float)
-    c["model_decay_penalty"] = 1.0 - c["decay_factor"].astype(float)
-    return c
+CANDIDATE_COLUMNS = ["candidate_id", "strategy_id", "symbol", "mu_adj", "status", "stage", "strategy_cap",
+                     "data_quality_score", "decay_factor", "asset_class", "sector"]
 
 
 @dg.asset(**RISK, deps=[scenario_returns_asset, strategy_candidates],
-          description="The capital auction: max Σ w·μ_adj − costs − λ·CVaR₉₅(w) (Rockafellar–Uryasev LP, HiGHS), "
-          "long-only, caps from mandate / lifecycle stage / liquidity / data quality / crisis scaling, portfolio "
-          "CVaR ≤ limit as a hard constraint. One row per candidate with weight, rank, decision and reason codes; "
-          "an infeasible or failed solve allocates nothing and says why.")
+          description="The capital auction (§F): one holdings-aware LP, max Σ x·μ_adj − trade costs − λ·CVaR₉₅(w) "
+          "(Rockafellar–Uryasev, HiGHS), starting from the book held at D's close: §H1 impact on the trade "
+          "|w − w_now| (convex, piecewise linear), exact caps per symbol across strategies, per strategy (stage), "
+          "per sector / asset class and gross, ADV participation on the trade, a daily turnover limit, reduce-only "
+          "in crisis or CVaR breach, portfolio CVaR ≤ limit, component CVaR ≤ limit; exits of ineligible holdings "
+          "as decisions. Tables capital_allocations (per candidate), auction_symbols (per symbol: target, trade, "
+          "binding constraint), auction_summary. Warm-started from D−1's basis.")
 def capital_auction(context: dg.AssetExecutionContext, policies: PoliciesResource,
-                    warehouse: DuckDBResource) -> dg.MaterializeResult:
+                    warehouse: DuckDBResource, runtime: RuntimeResource) -> dg.MaterializeResult:
     pol, as_of = policies.load(), partition_as_of(context)
     d = as_of.date()
+    warm_source = ""
     with warehouse.get_connection() as con:
         cands = read_table(con, "strategy_candidates", "as_of = ?", [d])
         regime = read_regime(con, as_of)
-        _, nav = current_book(con, as_of, pol.mandate.nav)
+        positions, cash, last_nav = current_book(con, as_of, pol.mandate.nav)
+        feats = read_table(con, "market_features", "as_of = ?", [d]).set_index("symbol")
+        quality = read_quality(con, as_of).set_index("symbol")
         scen = read_scenarios(con, as_of)
-        if cands.empty:
+        nav = book_nav(positions, feats["close"].to_dict(), cash, last_nav)
+        held = positions[positions["qty"].astype(float) != 0] if not positions.empty else positions
+        if cands.empty and held.empty:
             table = pd.DataFrame(columns=auction_core.OUTPUT_COLUMNS)
+            symbols = pd.DataFrame(columns=auction_core.SYMBOL_COLUMNS)
             summary = {"status": auction_core.STATUS_NO_CANDIDATES, "reason_codes": "AUCTION_NO_CANDIDATES"}
         else:
-            rows = build_auction_input(cands, pol, nav, regime)
-            result = run_auction_with_strategy_caps(rows, scen, auction_params(pol))
-            table = result.allocations
+            if cands.empty:
+                cands = pd.DataFrame({c: pd.Series(dtype=float if c in ("mu_adj", "strategy_cap") else str)
+                                      for c in CANDIDATE_COLUMNS})
+            u, m = pol.universe, pol.mandate
+            classes = u.asset_classes
+            inputs = auction_inputs(
+                cands, feats, held, nav, regime,
+                symbol_status=quality["status"].astype(str).to_dict(),
+                quality_score=quality["data_quality_score"].astype(float).to_dict(),
+                allowed={s: s in classes and m.symbol_allowed(s, classes[s]) for s in set(cands["symbol"]) | set(held["symbol"])},
+                sectors=u.sectors, asset_classes={s: str(c) for s, c in classes.items()},
+                max_position_weight=m.max_position_weight, max_adv_participation=m.max_adv_participation,
+                quality_full_weight=pol.risk.quality_full_weight, max_sector_weight=pol.auction.max_sector_weight,
+                sector_caps=pol.auction.sector_caps, asset_class_caps={str(k): v for k, v in pol.auction.asset_class_caps.items()},
+            )
+            warm = load_warm_start(runtime, as_of) if pol.auction.warm_start else None
+            warm_source = warm.label if warm is not None else ""
+            result = auction_core.run_capital_auction(
+                inputs.candidates, scen, params=auction_params(pol, inputs.reduce_only), book=inputs.book,
+                strategy_caps=inputs.strategy_caps, group_caps=inputs.group_caps, warm_start=warm,
+            )
+            if result.warm_start is not None and result.status == auction_core.STATUS_OPTIMAL:
+                result.warm_start.label = d.isoformat()
+                result.warm_start.save(runtime.path(WARM_DIR, f"{d.isoformat()}.npz"))
+            table, symbols = result.allocations, result.symbols
             summary = {k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in result.summary().items()}
+            summary["nav"] = nav
+            summary["warm_start_source"] = warm_source
         replace_partition(con, "capital_allocations", table, "as_of", d)
+        replace_partition(con, "auction_symbols", symbols, "as_of", d)
         replace_partition(con, "auction_summary", pd.DataFrame([summary]), "as_of", d)
     allocated = table[table["weight"] > 0] if not table.empty else table
     return dg.MaterializeResult(metadata={
         "status": str(summary.get("status")),
         "candidates": len(table),
         "allocated": len(allocated),
-        "invested_weight": float(allocated["weight"].sum()) if len(allocated) else 0.0,
+        "invested_weight": float(symbols["target_weight"].sum()) if len(symbols) else 0.0,
         "expected_return": float(summary.get("expected_return", 0.0) or 0.0),
         "portfolio_cvar": float(summary.get("cvar", 0.0) or 0.0),
+        "turnover": float(summary.get("turnover", 0.0) or 0.0),
+        "trade_cost": float(summary.get("total_cost", 0.0) or 0.0),
         "solve_seconds": float(summary.get("solve_time_s", 0.0) or 0.0),
+        "warm_started": bool(summary.get("warm_started", False)),
+        "warm_start_source": warm_source or "none",
+        "reason_codes": str(summary.get("reason_codes", "")),
+        "symbols": md_table(symbols.sort_values("target_weight", ascending=False)[
+            ["symbol", "current_weight", "target_weight", "trade", "decision", "binding_constraint", "reason_codes"]]
+            if len(symbols) else symbols, max_rows=40),
         "allocations": md_table(table.sort_values("weight", ascending=False)[
             ["candidate_id", "weight", "rank", "decision", "binding_cap", "mu_adj", "cvar_contribution",
              "reason_codes"]] if len(table) else table, max_rows=40),
     })
-
-
-def run_auction_with_strategy_caps(
-    rows: pd.DataFrame, scen: Scenarios, params: auction_core.AuctionParams, max_rounds: int = 8
-) -> auction_core.AuctionResult:
-    """The auction under the §E2 stage caps, which bound each *strategy's total* weight.
-
-    The LP bounds single candidates; a strategy's total is enforced by re-solving (warm) with
-    the over-cap strategy's candidate caps shrunk pro rata to ``w_i · cap / total`` until no
-    strategy exceeds its cap. Each round can only lower caps, so it converges; if rounds run
-    out, the over-cap strategies are scaled down (which can only lower CVaR).
-    """
-    rows = rows.reset_index(drop=True).copy()
-    group_cap = rows.groupby("strategy_id")["strategy_cap"].first()
-    result = auction_core.run_capital_auction(rows, scen, params=params)
-    for _ in range(max_rounds):
-        totals = result.allocations.groupby("strategy_id")["weight"].sum()
-        over = totals[totals > group_cap.reindex(totals.index) + 1e-9]
-        if over.empty:
-            return result
-        for sid, total in over.items():
-            mask = rows["strategy_id"] == sid
-            w = result.allocations.loc[mask, "weight"].to_numpy()
-            rows.loc[mask, "cap_stage"] = w * float(group_cap[sid]) / float(total)
-        result = auction_core.run_capital_auction(rows, scen, params=params, solver_state=result.solver_state)
-    totals = result.allocations.groupby("strategy_id")["weight"].transform("sum")
-    cap = result.allocations["strategy_id"].map(group_cap)
-    factor = (cap / totals).where(totals > cap, 1.0).fillna(1.0)
-    result.allocations["weight"] = result.allocations["weight"] * factor
-    return result
 
 
 @dg.asset_check(asset=capital_auction, blocking=True, partitions_def=as_of_partitions,
@@ -205,6 +233,26 @@ def auction_solved(context: dg.AssetCheckExecutionContext, warehouse: DuckDBReso
                                metadata={"status": status})
 
 
+@dg.asset_check(asset=capital_auction, blocking=True, partitions_def=as_of_partitions,
+                description="§F0: every symbol's total across strategies ≤ its cap, every strategy's total ≤ its "
+                "stage cap, every trade ≤ its ADV participation cap.")
+def auction_caps_hold(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    d = partition_as_of(context).date()
+    with warehouse.get_connection() as con:
+        sym = read_table(con, "auction_symbols", "as_of = ?", [d])
+        alloc = read_table(con, "capital_allocations", "as_of = ?", [d])
+        cands = read_table(con, "strategy_candidates", "as_of = ?", [d])
+    bad_sym = sym[sym["target_weight"] > sym["cap"] + 1e-9] if not sym.empty else sym
+    bad_trade = sym[sym["trade"].abs() > sym["trade_cap"].fillna(0.0) + 1e-9] if not sym.empty else sym
+    over = 0
+    if not alloc.empty and not cands.empty:
+        totals = alloc.groupby("strategy_id")["weight"].sum()
+        caps = cands.groupby("strategy_id")["strategy_cap"].first().reindex(totals.index)
+        over = int((totals > caps + 1e-9).sum())
+    return dg.AssetCheckResult(passed=bad_sym.empty and bad_trade.empty and over == 0, metadata={
+        "symbols_over_cap": len(bad_sym), "trades_over_participation": len(bad_trade), "strategies_over_cap": over})
+
+
 @dg.asset(**RISK, deps=[capital_auction],
           description="Portfolio VaR / CVaR₉₅ of the target book and each position's Euler component; while in "
           "breach every position is scaled down (§G3).")
@@ -213,9 +261,10 @@ def portfolio_cvar(context: dg.AssetExecutionContext, policies: PoliciesResource
     pol, as_of = policies.load(), partition_as_of(context)
     d, r = as_of.date(), pol.risk
     with warehouse.get_connection() as con:
-        alloc = read_table(con, "capital_allocations", "as_of = ?", [d])
+        sym = read_table(con, "auction_symbols", "as_of = ?", [d])
         scen = read_scenarios(con, as_of)
-        weights = (alloc.groupby("symbol")["weight"].sum() if not alloc.empty else pd.Series(dtype=float))
+        # The auction's per-symbol targets include held weight that no candidate claims.
+        weights = sym.set_index("symbol")["target_weight"] if not sym.empty else pd.Series(dtype=float)
         weights = weights.reindex(scen.symbols).fillna(0.0)
         res = cvar_core.portfolio_cvar(weights.to_numpy(), scen.returns, r.alpha, scen.probs)
         dec = cvar_core.breach_scaling(res, r.portfolio_cvar_limit, r.component_cvar_limit, r.min_scale)
@@ -286,9 +335,14 @@ def order_proposals(context: dg.AssetExecutionContext, policies: PoliciesResourc
         feats = read_table(con, "market_features", "as_of = ?", [d]).set_index("symbol")
         regime = read_regime(con, as_of)
         scen = read_scenarios(con, as_of)
-        book, nav = current_book(con, as_of, pol.mandate.nav)
+        book, _, _ = current_book(con, as_of, pol.mandate.nav)
+        auction = read_table(con, "auction_summary", "as_of = ?", [d])
+        nav = float(auction["nav"].iloc[0]) if "nav" in auction and not auction.empty else pol.mandate.nav
         cands = read_table(con, "strategy_candidates", "as_of = ?", [d])
-        targets = comp.set_index("symbol")["target_weight"] if not comp.empty else pd.Series(dtype=float)
+        # Targets per symbol from the auction (incl. exits of symbols without scenarios), scaled on breach.
+        sym = read_table(con, "auction_symbols", "as_of = ?", [d])
+        scale = float(summary["scale"].iloc[0]) if not summary.empty else 1.0
+        targets = (sym.set_index("symbol")["target_weight"] * scale) if not sym.empty else pd.Series(dtype=float)
         symbols = sorted(set(targets.index) | set(book["symbol"]))
         f = pd.DataFrame({
             "adv_shares": feats["adv_usd_20d"] / feats["close"], "sigma_daily": feats["ewma_vol"],

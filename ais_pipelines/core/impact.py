@@ -17,10 +17,11 @@ estimate or does not exist.
 
 Execution style (§H2): NORMAL → PASSIVE, VOLATILE → SLICED, CRISIS → REDUCE_ONLY.
 
-The auction needs a cost per unit of weight: :func:`round_trip_cost` evaluates the one-way
-total at a reference size (use the candidate's maximum cap: impact grows with size, so this
-overstates the cost of any smaller allocation — the conservative side) and doubles it for the
-round trip (in and out), as a return fraction.
+The auction charges the impact on the *trade* ``|w − w_now|``: :func:`trade_cost_coefficients`
+rewrites the same model in weights, ``cost(v) = v·(a + k·√v)`` with ``a`` the half spread and
+``k·√v`` the temporary + permanent impact (after the regime multiplier), which the auction
+turns into a convex piecewise-linear function of the trade. :func:`round_trip_cost` (in + out
+at a reference size) is kept for callers that need a per-position figure.
 """
 
 from __future__ import annotations
@@ -223,6 +224,33 @@ def round_trip_cost(
         qty = np.where(px > 0, np.abs(w) * nav / np.where(px > 0, px, np.nan), np.nan)
     est = _impact_arrays(qty, px, adv, sig, spr, regime_multiplier(regime, multipliers))
     return 2.0 * est["impact_bps"] / BPS
+
+
+def trade_cost_coefficients(
+    nav: float,
+    price: np.ndarray | pd.Series | float,
+    adv_shares: np.ndarray | pd.Series | float,
+    sigma_daily: np.ndarray | pd.Series | float,
+    spread_bps: np.ndarray | pd.Series | float,
+    regime: object = "NORMAL",
+    multipliers: Mapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(a, k) with the §H1 one-way cost of trading ``v`` (weight of NAV) = ``v · (a + k·√v)``.
+
+    Same model as :func:`impact_estimate`, rewritten in weights for the auction: with
+    participation ``v·NAV / (price·ADV)``, ``a = m·spread/2`` and ``k = m·1.5·0.1·σ·√(NAV/(price·ADV))``
+    (return fractions). NaN where no estimate is computable (the auction then cannot trade it).
+    """
+    px, adv, sig, spr = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (price, adv_shares, sigma_daily, spread_bps)))
+    m = regime_multiplier(regime, multipliers)
+    valid = (
+        np.isfinite(px) & (px > 0) & np.isfinite(adv) & (adv > 0) & np.isfinite(sig) & (sig >= 0)
+        & np.isfinite(spr) & (spr >= 0) & np.isfinite(nav) & (nav > 0)
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = m * spr / 2.0 / BPS
+        k = m * (1.0 + PERMANENT_RATIO) * TEMPORARY_COEFF * sig * np.sqrt(nav / (px * adv))
+    return np.where(valid, a, np.nan), np.where(valid, k, np.nan)
 
 
 def _as_series(x: pd.Series | pd.DataFrame | Mapping[str, float] | None, value_col: str) -> pd.Series:

@@ -86,6 +86,16 @@ class ReasonCode(StrEnum):
     ORDER_RAISES_CVAR_IN_BREACH = "ORDER_RAISES_CVAR_IN_BREACH"
     MISSING_IMPACT_ESTIMATE = "MISSING_IMPACT_ESTIMATE"
     REDUCE_ONLY = "REDUCE_ONLY"
+    CAPPED_BY_SYMBOL_LIMIT = "CAPPED_BY_SYMBOL_LIMIT"  # symbol total across strategies at the mandate cap
+    CAPPED_BY_GROUP_LIMIT = "CAPPED_BY_GROUP_LIMIT"  # a sector or asset-class total at its cap
+    CAPPED_BY_PARTICIPATION = "CAPPED_BY_PARTICIPATION"  # tonight's trade at the ADV participation cap
+    FORCED_REDUCTION = "FORCED_REDUCTION"  # held above a cap: cut as fast as participation allows
+    EXIT_INELIGIBLE_SYMBOL = "EXIT_INELIGIBLE_SYMBOL"  # held symbol no longer allowed/tradable: sold down
+    EXIT_STRATEGY_DECOMMISSIONED = "EXIT_STRATEGY_DECOMMISSIONED"  # only decommissioned strategies held it
+    EXIT_INVALID_DATA = "EXIT_INVALID_DATA"  # held symbol's data went INVALID: sold down
+    HELD_UNCLAIMED = "HELD_UNCLAIMED"  # held weight no candidate claims, kept because selling costs more
+    WARM_START_SHAPE_CHANGED = "WARM_START_SHAPE_CHANGED"  # previous basis unusable: cold solve
+    WARM_START_FAILED = "WARM_START_FAILED"  # warm solve failed or basis refused: re-run cold
 
     # --- pre-trade policy and vetoes (§H3, §H4) --------------------------------------------
     APPROVED = "APPROVED"

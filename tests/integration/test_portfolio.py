@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 from ais_pipelines.definitions import build_definitions
+from ais_pipelines.warehouse import replace_partition
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 D = "2026-11-20"
+PREV = "2026-11-19"
 
 
 def build(policies_dir: Path, runtime_root: Path, monkeypatch):
@@ -77,8 +79,47 @@ def test_nightly_auction_builds_a_governed_book(policies_dir, runtime_root, monk
 
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     for name in ("no_allocation_to_ineligible", "portfolio_cvar_within_limit", "component_cvar_within_limit",
-                 "orders_have_impact_estimates", "proposals_respect_risk_state", "auction_solved"):
+                 "orders_have_impact_estimates", "proposals_respect_risk_state", "auction_solved",
+                 "auction_caps_hold"):
         assert checks[name], name
+    assert (runtime_root / "auction_state" / f"{D}.npz").exists()  # the basis for the next night
+    assert summary["turnover"] == pytest.approx(book["weight"].sum(), abs=1e-9)  # built from cash
+
+    # The next decision starts from the book held at the close (broker truth via positions_snapshot):
+    # the target book held, plus PLD, whose data is INVALID, held above a day's participation.
+    sym = q(db, f"SELECT * FROM auction_symbols WHERE as_of = DATE '{D}'").set_index("symbol")
+    feats = q(db, f"SELECT * FROM market_features WHERE as_of = DATE '{D}'").set_index("symbol")
+    held = sym.loc[sym["target_weight"] > 0, "target_weight"]
+    pld_w = 3 * float(sym.loc["PLD", "trade_cap"])  # three days of participation
+    nav = 1_000_000.0
+    qty = pd.concat([held, pd.Series({"PLD": pld_w})]) * nav / feats["close"].reindex([*held.index, "PLD"])
+    pos = pd.DataFrame({"symbol": qty.index, "qty": qty.to_numpy(), "market_value": (qty * feats["close"].reindex(qty.index)).to_numpy()})
+    invested = float(pos["market_value"].sum())
+    con = duckdb.connect(str(db))
+    try:
+        replace_partition(con, "positions_snapshot", pos, "as_of", pd.Timestamp(PREV).date())
+        replace_partition(con, "pnl_history", pd.DataFrame([{"nav": nav, "cash": nav - invested}]), "as_of",
+                          pd.Timestamp(PREV).date())
+    finally:
+        con.close()
+    (runtime_root / "auction_state" / f"{D}.npz").rename(runtime_root / "auction_state" / f"{PREV}.npz")
+    job = defs.resolve_implicit_global_asset_job_def()
+    rerun = job.execute_in_process(partition_key=D, instance=inst, run_config=QUIET, raise_on_error=False,
+                                   asset_selection=[dg.AssetKey(k) for k in ("capital_auction", "portfolio_cvar",
+                                                                             "order_proposals")])
+    assert rerun.success
+    s2 = q(db, f"SELECT * FROM auction_summary WHERE as_of = DATE '{D}'").iloc[0]
+    sym2 = q(db, f"SELECT * FROM auction_symbols WHERE as_of = DATE '{D}'").set_index("symbol")
+    assert s2["status"] == "OPTIMAL" and bool(s2["warm_started"]) and s2["warm_start_source"] == PREV
+    pld = sym2.loc["PLD"]
+    assert pld["target_weight"] == pytest.approx(2 * pld["trade_cap"], rel=1e-9)  # one day's participation sold
+    assert "EXIT_INVALID_DATA" in pld["reason_codes"] and pld["decision"] == "EXITING"
+    others = sym2.drop(index="PLD")
+    assert others["trade"].abs().max() < 1e-9  # nothing else changed overnight: no trades
+    orders = q(db, f"SELECT * FROM order_proposals WHERE as_of = DATE '{D}'")
+    sells = orders[(orders["status"] == "PROPOSED") & (orders["symbol"] == "PLD")]
+    assert len(sells) == 1 and sells["side"].iloc[0] == "SELL"
+    assert set(orders.loc[orders["status"] == "PROPOSED", "symbol"]) == {"PLD"}
 
 
 def test_no_candidates_is_an_outcome_not_a_crash(policies_dir, runtime_root, monkeypatch):

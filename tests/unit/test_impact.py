@@ -179,3 +179,17 @@ def test_targets_from_auction_table() -> None:
     assert len(out) == 1 and out.loc[0, "symbol"] == "AAA"
     assert out.loc[0, "qty"] == 1_000 and out.loc[0, "style"] == "SLICED"
     assert out.loc[0, "regime_multiplier"] == 1.5
+
+
+@pytest.mark.parametrize("regime", ["NORMAL", "VOLATILE", "CRISIS"])
+def test_trade_cost_coefficients_reproduce_the_order_impact(regime: str) -> None:
+    # The auction's v·(a + k√v) in weights is the §H1 impact of the order of that size.
+    from ais_pipelines.core.impact import trade_cost_coefficients
+
+    nav, price, adv, sigma, spread = 1e6, 50.0, 20_000.0, 0.02, 8.0
+    a, k = trade_cost_coefficients(nav, price, adv, sigma, spread, regime)
+    for v in (1e-4, 0.01, 0.05):
+        est = impact_estimate(v * nav / price, price, adv, sigma, spread, regime)
+        assert v * (a + k * np.sqrt(v)) * nav == pytest.approx(est["impact_cost"], rel=1e-12)
+    a_bad, k_bad = trade_cost_coefficients(nav, price, np.nan, sigma, spread, regime)
+    assert np.isnan(a_bad) and np.isnan(k_bad)

@@ -269,6 +269,7 @@ RISK_BUDGET_BREACHES = {
     "daily_drawdown_limit": {"daily_drawdown": 0.05},
     "gross_exposure_over_mandate": {"gross_exposure_after": 1.5},
     "risk_per_trade_limit": {"risk_per_trade_nav": 0.02},
+    "low_liquidity": {"liquidity_score": 0.2},  # §C4: a position whose liquidity collapsed can still be sold
     "low_confidence": {"confidence": 0.1},
     "high_correlation_to_book": {"correlation_to_book": 0.9},
     "veto_unexplained_profit": {"pnl_z_vs_model": 9.0},
@@ -292,7 +293,6 @@ def test_risk_reducing_orders_are_exempt_from_risk_budget_rules(policy, rule_id)
         {"market_open": False},
         {"quote_age_s": 45.0},
         {"event_blackout": True},
-        {"liquidity_score": 0.2},
         {"reasoning": "ALLOW_WITH_CAUTION"},
     ],
 )
