@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,27 +111,65 @@ def run_job(assets: list[Any], partition: str, resources: dict[str, Any], tags: 
                           instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, tags=tags or {})
 
 
-def _child(point: str, k: int, flag: str, make_resources: Callable[[], dict[str, Any]], assets: list[Any],
-           partition: str) -> None:
+@dataclass(frozen=True)
+class RigSpec:
+    """Everything a child needs to build the execution run, as plain (picklable) data: children
+    start from a clean forkserver, never from a fork of the test process (whose threads — DuckDB,
+    Dagster — can leave a forked child deadlocked or crashed)."""
+
+    root: str
+    policies_dir: str
+    broker: str = "paper"  # paper | alpaca_paper
+    alpaca_url: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    def resources(self) -> dict[str, Any]:
+        from resources.trading import BrokerResource
+        from tests.faults.test_crash_recovery import AlpacaBrokerWithSampleQuotes, _resources
+
+        broker = (AlpacaBrokerWithSampleQuotes(kind="alpaca_paper", alpaca_url=self.alpaca_url)
+                  if self.broker == "alpaca_paper" else BrokerResource(kind="paper"))
+        return _resources(Path(self.root), Path(self.policies_dir), broker)
+
+    @staticmethod
+    def assets() -> list[Any]:
+        from tests.faults.test_crash_recovery import ASSETS
+
+        return ASSETS
+
+
+def rig_env(*names: str) -> tuple[tuple[str, str], ...]:
+    """The parent's current values of ``names`` (secrets and settings the child must see)."""
+    return tuple((n, os.environ[n]) for n in names if n in os.environ)
+
+
+_CTX: Any = None
+
+
+def _context() -> Any:
+    global _CTX
+    if _CTX is None:
+        _CTX = mp.get_context("forkserver")
+        _CTX.set_forkserver_preload(["tests.faults.crash_harness", "tests.faults.test_crash_recovery"])
+    return _CTX
+
+
+def _child(point: str, k: int, flag: str, spec: RigSpec, partition: str) -> None:
+    os.environ.update(dict(spec.env))
     _install(point, k, Path(flag))
-    run_job(assets, partition, make_resources())
+    result = run_job(spec.assets(), partition, spec.resources())
+    failures = [f"{e.step_key}: {e.event_specific_data.error.message.strip()[:500]}"
+                for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    Path(f"{flag}.unreached").write_text("\n".join(failures) or "run finished")  # why the point was missed
     os._exit(0)  # finished without reaching the point
 
 
-def crash_then_restart(
-    point: str,
-    k: int,
-    workdir: Path,
-    make_resources: Callable[[], dict[str, Any]],
-    assets: list[Any],
-    partition: str,
-    broker_orders: Callable[[], dict[str, int]],
-    timeout_s: float = 60.0,
-) -> tuple[bool, dg.ExecuteInProcessResult]:
-    """Fork, crash at ``point`` (k-th pass), SIGKILL, restart once. Returns (killed, restart result)."""
+def crash_then_restart(point: str, k: int, workdir: Path, spec: RigSpec, partition: str,
+                       timeout_s: float = 90.0) -> tuple[bool, dg.ExecuteInProcessResult]:
+    """Run in a child, crash at ``point`` (k-th pass), SIGKILL, restart once. Returns (killed, restart)."""
     flag = workdir / f"reached-{point}-{k}"
     flag.unlink(missing_ok=True)
-    proc = mp.get_context("fork").Process(target=_child, args=(point, k, str(flag), make_resources, assets, partition))
+    proc = _context().Process(target=_child, args=(point, k, str(flag), spec, partition))
     proc.start()
     deadline = time.monotonic() + timeout_s
     killed = False
@@ -143,27 +182,27 @@ def crash_then_restart(
     if proc.is_alive() and not killed:  # pragma: no cover - hung: fail loudly, never leave it running
         os.kill(proc.pid, signal.SIGKILL)
     proc.join(10)
-    result = run_job(assets, partition, make_resources())
-    return killed, result
+    missed = Path(f"{flag}.unreached")
+    if not killed:
+        why = missed.read_text() if missed.exists() else "no report"
+        print(f"child never reached {point} #{k} (exit {proc.exitcode}): {why}")
+    return killed, run_job(spec.assets(), partition, spec.resources())
 
 
-def _child_plain(make_resources: Callable[[], dict[str, Any]], assets: list[Any], partition: str) -> None:
-    run_job(assets, partition, make_resources())
+def _child_plain(spec: RigSpec, partition: str) -> None:
+    os.environ.update(dict(spec.env))
+    run_job(spec.assets(), partition, spec.resources())
     os._exit(0)
 
 
-def crash_at_random_then_restart(
-    delay_s: float,
-    make_resources: Callable[[], dict[str, Any]],
-    assets: list[Any],
-    partition: str,
-) -> tuple[bool, dg.ExecuteInProcessResult]:
+def crash_at_random_then_restart(delay_s: float, spec: RigSpec, partition: str,
+                                 ) -> tuple[bool, dg.ExecuteInProcessResult]:
     """SIGKILL the execution after ``delay_s`` wherever it is, then restart once."""
-    proc = mp.get_context("fork").Process(target=_child_plain, args=(make_resources, assets, partition))
+    proc = _context().Process(target=_child_plain, args=(spec, partition))
     proc.start()
     proc.join(delay_s)
     killed = proc.is_alive()
     if killed:
         os.kill(proc.pid, signal.SIGKILL)
     proc.join(10)
-    return killed, run_job(assets, partition, make_resources())
+    return killed, run_job(spec.assets(), partition, spec.resources())

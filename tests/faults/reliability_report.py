@@ -43,13 +43,11 @@ def main() -> None:
     os.environ.update({"AIS_APPROVAL_KEY": "5a" * 32, "AIS_ENV": "ci", "DAGSTER_DISABLE_TELEMETRY": "true"})
     os.environ.pop("AIS_APPROVAL_KEY_FILE", None)
 
-    from resources.trading import BrokerResource
-    from tests.faults.crash_harness import POINTS, crash_at_random_then_restart
+    from tests.faults.crash_harness import POINTS, RigSpec, crash_at_random_then_restart, rig_env
     from tests.faults.test_crash_recovery import (
-        ASSETS,
+        CHILD_ENV,
         TWO,
         _paper_orders,
-        _resources,
         alpaca_trial,
         outcome,
         paper_trial,
@@ -84,9 +82,8 @@ def main() -> None:
             root = work / "runtime"
             root.mkdir()
             write_nightly(root / "warehouse.duckdb", spec=TWO)
-            killed, _res = crash_at_random_then_restart(
-                rng.uniform(0.3, 2.5), lambda root=root, pol=pol: _resources(root, pol, BrokerResource(kind="paper")),
-                ASSETS, D)
+            spec = RigSpec(str(root), str(pol), env=rig_env(*CHILD_ENV))
+            killed, _res = crash_at_random_then_restart(rng.uniform(0.3, 2.5), spec, D)
             add("kill -9 at a random moment (paper)", {"killed": killed,
                                                         **outcome(root, _paper_orders(root / "ledger.sqlite"))})
     took = time.monotonic() - started

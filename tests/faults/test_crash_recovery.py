@@ -28,7 +28,7 @@ from ais_pipelines.execution import MarketSnapshot
 from ais_pipelines.ledger.store import LedgerStore
 from resources.policies import PoliciesResource
 from resources.trading import BrokerResource, ExecutionClockResource, LedgerResource, SigningKeyResource
-from tests.faults.crash_harness import POINTS, crash_then_restart
+from tests.faults.crash_harness import POINTS, RigSpec, crash_then_restart, rig_env
 from tests.integration.test_execution import EXECUTION_ASSETS, EXECUTION_CHECKS, D, query, write_nightly
 from tests.stubs.alpaca_trading_stub import AlpacaTradingStub
 
@@ -38,6 +38,7 @@ TWO = {
     "XOM": ("BUY", 50.0, 110.0, 0.90, 0.85, "PROPOSED", "ALLOCATED"),
 }
 ASSETS = [*EXECUTION_ASSETS, *EXECUTION_CHECKS]
+CHILD_ENV = ("AIS_APPROVAL_KEY", "AIS_ENV", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY")
 
 
 class AlpacaBrokerWithSampleQuotes(BrokerResource):
@@ -124,10 +125,8 @@ def paper_trial(workdir: Path, policies_dir: Path, point: str, k: int) -> dict[s
     root.mkdir()
     write_nightly(root / "warehouse.duckdb", spec=TWO)
 
-    def make() -> dict[str, Any]:
-        return _resources(root, policies_dir, BrokerResource(kind="paper"))
-
-    killed, result = crash_then_restart(point, k, workdir, make, ASSETS, D, lambda: _paper_orders(root / "ledger.sqlite"))
+    spec = RigSpec(str(root), str(policies_dir), env=rig_env(*CHILD_ENV))
+    killed, result = crash_then_restart(point, k, workdir, spec, D)
     return {"killed": killed, "restart_ok": result.success, **outcome(root, _paper_orders(root / "ledger.sqlite"))}
 
 
@@ -140,11 +139,9 @@ def alpaca_trial(workdir: Path, policies_dir: Path, point: str, k: int) -> dict[
         saved = {k_: os.environ.get(k_) for k_ in ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")}
         os.environ["APCA_API_KEY_ID"], os.environ["APCA_API_SECRET_KEY"] = stub.api_key, stub.secret_key
         try:
-            def make() -> dict[str, Any]:
-                return _resources(root, policies_dir, AlpacaBrokerWithSampleQuotes(kind="alpaca_paper",
-                                                                                  alpaca_url=stub.base_url))
-
-            killed, result = crash_then_restart(point, k, workdir, make, ASSETS, D, lambda: _stub_orders(stub))
+            spec = RigSpec(str(root), str(policies_dir), broker="alpaca_paper", alpaca_url=stub.base_url,
+                           env=rig_env(*CHILD_ENV))
+            killed, result = crash_then_restart(point, k, workdir, spec, D)
         finally:
             for k_, v in saved.items():
                 if v is None:

@@ -221,7 +221,7 @@ def test_full_intraday_job_approves_fills_queues_and_rejects(rig: Rig) -> None:
     hits = query(rig.db, "SELECT * FROM governance_rule_hits WHERE as_of = ?", [pd.Timestamp(D).date()])
     jpm = hits[hits["symbol"] == "JPM"]
     assert list(jpm["rule_id"]) == ["low_liquidity"]
-    assert json.loads(jpm["observed"].iloc[0]) == {"liquidity_score": 0.5}
+    assert json.loads(jpm["observed"].iloc[0]) == {"liquidity_score": 0.5, "reduces_position": False}
     msft = hits[hits["symbol"] == "MSFT"]
     assert list(msft["rule_id"]) == ["low_confidence"] and list(msft["action"]) == ["REVIEW"]
     assert hits[hits["symbol"] == "AAPL"].empty
