@@ -266,7 +266,13 @@ def execute(
     from ais_pipelines.core.reason_codes import ReasonCode
     from ais_pipelines.ledger.leases import ExecutionInProgressError, acquire_lease, release_lease
     from assets import execution as exec_assets
-    from resources.runs import LEASE_OWNER_TAG, lease_owner_gone, process_tags, reap_dead_runs
+    from resources.runs import (
+        CLI_OWNER_PREFIX,
+        LEASE_OWNER_TAG,
+        lease_owner_gone,
+        process_tags,
+        reap_dead_runs,
+    )
     from sensors.execution import execution_gate
 
     ensure_dagster_home()
@@ -288,7 +294,7 @@ def execute(
     if not gate.ok:
         raise _die(f"SKIP {gate.skip_reason()}")
     day = str(gate.as_of)
-    owner = f"cli:{uuid.uuid4()}"
+    owner = f"{CLI_OWNER_PREFIX}{uuid.uuid4()}"
     try:
         acquire_lease(store, day, owner, owner_gone=lease_owner_gone(instance))
     except ExecutionInProgressError as exc:
@@ -374,7 +380,7 @@ def runs_stuck() -> None:
     import dagster as dg
 
     from ais_pipelines.cli import ensure_dagster_home
-    from ais_pipelines.ledger import models as m
+    from ais_pipelines.ledger.leases import list_leases
     from resources.runs import HOST_TAG, LIVE_STATUSES, PID_TAG, run_process_gone
 
     ensure_dagster_home()
@@ -391,10 +397,7 @@ def runs_stuck() -> None:
         typer.echo("no started runs")
     for key, ids in pools.items():
         typer.echo(f"pool {key}: slots held by {sorted(ids) or 'nobody'}")
-    store = ops_env().ledger.store()
-    with store.transaction() as conn:
-        leases = conn.execute(m.execution_leases.select()).all()
-    for lease in leases:
+    for lease in list_leases(ops_env().ledger.store()):
         typer.echo(f"lease {lease.session}: {lease.owner} pid {lease.owner_pid} on {lease.owner_host} "
                    f"until {lease.expires_at:%Y-%m-%d %H:%M:%S}Z")
 

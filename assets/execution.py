@@ -77,10 +77,12 @@ def claim_session(context: dg.AssetExecutionContext, ledger: LedgerResource, as_
         context.log.warning(f"lease of {as_of} taken over from dead owner {lease.taken_over_from}")
 
 
-def require_policies(pol: Any) -> ex.EnvironmentPolicy:
-    """Fail closed (§0): every policy the execution path depends on, loaded before the first quote."""
+def require_policies(pol: Any, *, full: bool = True) -> ex.EnvironmentPolicy:
+    """Fail closed (§0): every policy the execution path depends on, validated before the first quote
+    (``execution_context``) and before the first broker call (``executed_orders``); the steps in
+    between need only the environment's rules (``full=False``: ~40 ms instead of ~150 ms)."""
     try:
-        return ex.load_execution_policies(pol)
+        return ex.load_execution_policies(pol) if full else ex.load_environment_policy(policy_dir=pol.directory)
     except (ex.PolicyError, ValueError, OSError) as exc:
         raise dg.Failure(f"{ReasonCode.POLICY_UNREADABLE}: {exc}",
                          metadata={"reason_code": str(ReasonCode.POLICY_UNREADABLE)}, allow_retries=False) from exc
@@ -181,7 +183,7 @@ def approved_orders(
     key = signing_key.key()
     pol, as_of = policies.load(), partition_as_of(context).date()
     claim_session(context, ledger, as_of)
-    env_policy = require_policies(pol)
+    env_policy = require_policies(pol, full=False)
     store = ledger.store()
     clock = execution_clock.clock(as_of)
     now = clock.now()
@@ -377,7 +379,6 @@ def portfolio_state(
     key = signing_key.key()
     pol, as_of = policies.load(), partition_as_of(context).date()
     claim_session(context, ledger, as_of)
-    require_policies(pol)
     store = ledger.store()
     marker = ex.executed_marker(store, as_of) or {}
     ended = pd.Timestamp(marker["ended_at"]).to_pydatetime() if marker.get("ended_at") else None

@@ -7,7 +7,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.config import Policies
-from ais_pipelines.core.data_health import HealthLimits, assess_data_health
+from ais_pipelines.core.data_health import HealthLimits, assess_data_health, describe_breaches
 from ais_pipelines.core.quality import QualityParams, assess_quality, unavailable_quality_rows
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
@@ -179,7 +179,7 @@ def data_health_gate(
         table = read_table(con, HEALTH_TABLE, "as_of = ?", [as_of.date()])
     breaches = table[table["breached"].astype(bool)] if len(table) else table
     passed = len(table) > 0 and breaches.empty  # never assessed → fail closed
-    summary = "; ".join(f"{r.metric} {r.value:.3f} {r.comparison} limit {r.limit:.3f}" for r in breaches.itertuples())
+    summary = describe_breaches(table)
     status_text = "unchanged"
     if not passed:
         mode = policies.load().quality.health.on_breach

@@ -20,6 +20,7 @@ from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.ledger.leases import Lease, process_alive
 
 PID_TAG, HOST_TAG, LEASE_OWNER_TAG = "ais/pid", "ais/host", "ais/lease_owner"
+CLI_OWNER_PREFIX = "cli:"  # lease owners that are an `ais execute` process, not a Dagster run
 LIVE_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
@@ -72,9 +73,9 @@ def lease_owner_gone(instance: dg.DagsterInstance) -> Callable[[Lease], bool]:
     """A lease holder is gone when its Dagster run finished (failed, cancelled, succeeded)."""
 
     def gone(lease: Lease) -> bool:
-        run = instance.get_run_by_id(lease.owner) if len(lease.owner) == 36 else None
-        if run is None and lease.owner.startswith("cli:"):
-            return False  # a CLI token: its pid decides (checked by the lease itself)
+        if lease.owner.startswith(CLI_OWNER_PREFIX):
+            return False  # a CLI token, not a run: its pid decides (checked by the lease itself)
+        run = instance.get_run_by_id(lease.owner)
         return run is not None and (run.is_finished or run_process_gone(run))
 
     return gone

@@ -66,9 +66,13 @@ class DataHealthReport:
         return None if self.ok else ReasonCode.DATA_HEALTH_BREACH
 
     def summary(self) -> str:
-        if self.ok:
-            return "data health within limits"
-        return "; ".join(f"{r.metric} {r.value:.3f} {r.comparison} limit {r.limit:.3f}" for r in self.breaches.itertuples())
+        return describe_breaches(self.table) or "data health within limits"
+
+
+def describe_breaches(table: pd.DataFrame) -> str:
+    """``metric value <comparison> limit l; …`` for the breached rows of a HEALTH_COLUMNS table."""
+    rows = table[table["breached"].astype(bool)] if len(table) else table
+    return "; ".join(f"{r.metric} {r.value:.3f} {r.comparison} limit {r.limit:.3f}" for r in rows.itertuples())
 
 
 def stale_symbols(quality: pd.DataFrame, as_of: date, after_sessions: int) -> list[str]:

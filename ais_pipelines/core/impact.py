@@ -20,8 +20,7 @@ Execution style (§H2): NORMAL → PASSIVE, VOLATILE → SLICED, CRISIS → REDU
 The auction charges the impact on the *trade* ``|w − w_now|``: :func:`trade_cost_coefficients`
 rewrites the same model in weights, ``cost(v) = v·(a + k·√v)`` with ``a`` the half spread and
 ``k·√v`` the temporary + permanent impact (after the regime multiplier), which the auction
-turns into a convex piecewise-linear function of the trade. :func:`round_trip_cost` (in + out
-at a reference size) is kept for callers that need a per-position figure.
+turns into a convex piecewise-linear function of the trade.
 """
 
 from __future__ import annotations
@@ -199,31 +198,6 @@ def impact_frame(
         out[k] = v
     out["regime_multiplier"] = mult
     return out
-
-
-def round_trip_cost(
-    weight: np.ndarray | pd.Series | float,
-    nav: float,
-    price: np.ndarray | pd.Series | float,
-    adv_shares: np.ndarray | pd.Series | float,
-    sigma_daily: np.ndarray | pd.Series | float,
-    spread_bps: np.ndarray | pd.Series | float,
-    regime: object = "NORMAL",
-    multipliers: Mapping[str, float] | None = None,
-) -> np.ndarray:
-    """Round-trip cost (in + out) as a return fraction for a position of ``weight`` × NAV.
-
-    Feed the auction's ``cost`` column with it, evaluated at each candidate's maximum cap.
-    NaN where no estimate is computable (the auction then vetoes with MISSING_IMPACT_ESTIMATE).
-    """
-    w, px, adv, sig, spr = (
-        np.asarray(x, dtype=float) for x in (weight, price, adv_shares, sigma_daily, spread_bps)
-    )
-    w, px, adv, sig, spr = np.broadcast_arrays(w, px, adv, sig, spr)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        qty = np.where(px > 0, np.abs(w) * nav / np.where(px > 0, px, np.nan), np.nan)
-    est = _impact_arrays(qty, px, adv, sig, spr, regime_multiplier(regime, multipliers))
-    return 2.0 * est["impact_bps"] / BPS
 
 
 def trade_cost_coefficients(

@@ -83,6 +83,12 @@ def lease_is_stale(lease: Lease, owner_gone: Callable[[Lease], bool] | None = No
             or bool(owner_gone and owner_gone(lease)))
 
 
+def list_leases(store: LedgerStore) -> list[Lease]:
+    """Every session lease held now (for the operator's ``ais runs stuck``)."""
+    with store.transaction() as conn:
+        return [_row(r) for r in conn.execute(select(m.execution_leases).order_by(m.execution_leases.c.session))]
+
+
 def current_lease(store: LedgerStore, session: str) -> Lease | None:
     with store.transaction() as conn:
         r = conn.execute(select(m.execution_leases).where(m.execution_leases.c.session == session)).first()

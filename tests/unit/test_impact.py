@@ -14,7 +14,6 @@ from ais_pipelines.core.impact import (
     impact_estimate,
     impact_frame,
     order_proposals,
-    round_trip_cost,
 )
 
 
@@ -76,15 +75,6 @@ def test_impact_frame_matches_scalar() -> None:
         else:
             assert not out.loc[i, "impact_valid"] and np.isnan(out.loc[i, "impact_bps"])
     assert out["impact_valid"].tolist() == [True, True, False]
-
-
-def test_round_trip_cost_is_twice_one_way() -> None:
-    cost = round_trip_cost(
-        np.array([0.05, 0.05]), 1e7, np.array([50.0, 50.0]), np.array([1e6, np.nan]), 0.02, 4.0
-    )
-    # 0.05 × 1e7 / 50 = 10 000 shares → 5 bps one way → 10 bps round trip.
-    assert cost[0] == pytest.approx(0.001)
-    assert np.isnan(cost[1])
 
 
 def test_execution_style_by_regime() -> None:
