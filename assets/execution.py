@@ -77,15 +77,24 @@ def claim_session(context: dg.AssetExecutionContext, ledger: LedgerResource, as_
         context.log.warning(f"lease of {as_of} taken over from dead owner {lease.taken_over_from}")
 
 
-def require_policies(pol: Any, *, full: bool = True) -> ex.EnvironmentPolicy:
-    """Fail closed (§0): every policy the execution path depends on, validated before the first quote
-    (``execution_context``) and before the first broker call (``executed_orders``); the steps in
-    between need only the environment's rules (``full=False``: ~40 ms instead of ~150 ms)."""
-    try:
-        return ex.load_execution_policies(pol) if full else ex.load_environment_policy(policy_dir=pol.directory)
-    except (ex.PolicyError, ValueError, OSError) as exc:
-        raise dg.Failure(f"{ReasonCode.POLICY_UNREADABLE}: {exc}",
-                         metadata={"reason_code": str(ReasonCode.POLICY_UNREADABLE)}, allow_retries=False) from exc
+_VALIDATED: dict[tuple[str, str], ex.EnvironmentPolicy] = {}  # (run id, policies dir) → validated policy
+
+
+def require_policies(context: dg.AssetExecutionContext, pol: Any) -> ex.EnvironmentPolicy:
+    """Fail closed (§0): every policy the execution path depends on, validated before the first quote.
+
+    Validated once per run and process (~150 ms): the first step of the run that needs it does it;
+    a step re-executed alone, or in another process, validates again."""
+    key = (context.run.run_id, str(pol.directory))
+    if key not in _VALIDATED:
+        try:
+            _VALIDATED.clear()  # only the current run matters
+            _VALIDATED[key] = ex.load_execution_policies(pol)
+        except (ex.PolicyError, ValueError, OSError) as exc:
+            raise dg.Failure(f"{ReasonCode.POLICY_UNREADABLE}: {exc}",
+                             metadata={"reason_code": str(ReasonCode.POLICY_UNREADABLE)},
+                             allow_retries=False) from exc
+    return _VALIDATED[key]
 
 
 def recovery_metadata(report: Any) -> dict[str, int]:
@@ -120,7 +129,7 @@ def execution_context(
     key = signing_key.key()  # fail closed before anything is opened
     pol, as_of = policies.load(), partition_as_of(context).date()
     claim_session(context, ledger, as_of)
-    require_policies(pol)
+    require_policies(context, pol)
     with warehouse.get_connection() as con:
         session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker)
         # Recovery first: the book the policy sees must include what a crashed run left behind.
@@ -183,7 +192,7 @@ def approved_orders(
     key = signing_key.key()
     pol, as_of = policies.load(), partition_as_of(context).date()
     claim_session(context, ledger, as_of)
-    env_policy = require_policies(pol, full=False)
+    env_policy = require_policies(context, pol)
     store = ledger.store()
     clock = execution_clock.clock(as_of)
     now = clock.now()
@@ -250,7 +259,7 @@ def executed_orders(
     key = signing_key.key()
     pol, as_of = policies.load(), partition_as_of(context).date()
     claim_session(context, ledger, as_of)
-    require_policies(pol)
+    require_policies(context, pol)
     with warehouse.get_connection() as con:
         session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker,
                                        not_before=ex.latest_activity(ledger.store()))
