@@ -45,7 +45,7 @@ from ais_pipelines.core.impact import impact_estimate
 from ais_pipelines.core.order_states import OPEN_STATES, OrderState
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.ledger import models as m
-from ais_pipelines.ledger.store import LedgerStore, apply_fill_to_position
+from ais_pipelines.ledger.store import LedgerStore, _serialize, apply_fill_to_position
 
 _EPS = 1e-9
 
@@ -118,6 +118,9 @@ class PaperBroker:
 
     def _ensure_account(self) -> None:
         with self.engine.begin() as conn:
+            # Two processes opening the broker at once must not both insert (PostgreSQL: a
+            # unique violation; SQLite's BEGIN IMMEDIATE already serialises).
+            _serialize(conn, "ais-paper-account")
             row = conn.execute(
                 select(m.paper_account).where(m.paper_account.c.account_id == self.config.account_id)
             ).first()
