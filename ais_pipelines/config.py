@@ -122,6 +122,7 @@ class RetryPolicy(_Strict):
     max_attempts: int = Field(default=4, ge=1, le=10)
     initial_wait_s: float = Field(default=0.5, ge=0)
     max_wait_s: float = Field(default=8.0, ge=0)
+    max_retry_after_s: float = Field(default=60.0, ge=0)  # issue 16: longer Retry-After → give up
 
 
 class SampleDefectSpec(_Strict):

@@ -34,6 +34,9 @@ class MarketDataResource(dg.ConfigurableResource):
     files_dir: str | None = None
     yahoo_base_url: str | None = None  # tests point the real client at a stub server
     alpaca_data_url: str | None = None
+    polygon_base_url: str | None = None  # issue 16: tests point the real clients at stub servers
+    binance_base_url: str | None = None
+    fred_base_url: str | None = None
 
     def configured_provider(self, policies: Policies) -> str:
         return os.environ.get("AIS_DATA_PROVIDER") or self.provider or policies.providers.default_history_provider
@@ -70,9 +73,29 @@ class MarketDataResource(dg.ConfigurableResource):
                     url_override=self.alpaca_data_url, max_attempts=retry.max_attempts,
                     backoff_initial_s=retry.initial_wait_s, backoff_max_s=retry.max_wait_s,
                 )
+            elif name in ("polygon", "binance", "fred"):
+                out[name] = rest_provider(name, policies, self)
         return out
 
     def providers_for_run(self, policies: Policies) -> tuple[str, dict[str, HistoryProvider]]:
         configured = self.configured_provider(policies)
         names = set(policies.providers.routing["history"]) if configured == "auto" else {configured}
         return configured, self.build(policies, names)
+
+
+def rest_provider(name: str, policies: Policies, resource: MarketDataResource) -> HistoryProvider:
+    """polygon / binance / fred over the shared HTTP client, keys read from the environment now."""
+    r = policies.providers.retry
+    common = {"max_attempts": r.max_attempts, "backoff_initial_s": r.initial_wait_s,
+              "backoff_max_s": r.max_wait_s, "max_retry_after_s": r.max_retry_after_s}
+    if name == "polygon":
+        from ais_pipelines.market_data.polygon import PolygonProvider
+
+        return PolygonProvider(os.environ["POLYGON_API_KEY"], base_url=resource.polygon_base_url, **common)
+    if name == "binance":
+        from ais_pipelines.market_data.binance import BinanceProvider
+
+        return BinanceProvider(base_url=resource.binance_base_url, **common)
+    from ais_pipelines.market_data.fred import FredProvider
+
+    return FredProvider(os.environ["FRED_API_KEY"], base_url=resource.fred_base_url, **common)

@@ -157,6 +157,18 @@ class ReasonCode(StrEnum):
     STALE_RUN_RELEASED = "STALE_RUN_RELEASED"
     USAGE_ERROR = "USAGE_ERROR"
     DATA_HEALTH_BREACH = "DATA_HEALTH_BREACH"  # issue 17: a mostly bad feed is a system fault
+    # --- issue 16: polygon / binance / fred providers, macro inputs, reasoning memos ----------
+    PROVIDER_RATE_LIMITED = "PROVIDER_RATE_LIMITED"  # 429 with a Retry-After beyond the cap, or still 429
+    PROVIDER_MALFORMED_RESPONSE = "PROVIDER_MALFORMED_RESPONSE"  # 2xx that is not the documented payload
+    VIX_PROXY_FALLBACK = "VIX_PROXY_FALLBACK"  # regime VIX input is the proxy: no usable FRED VIXCLS
+    MACRO_SERIES_MISSING = "MACRO_SERIES_MISSING"  # a declared FRED series has no observation as of D
+    REASONING_FAILED = "REASONING_FAILED"  # the reasoning memo could not be produced (declared rule)
+    REASONING_MEMO_INVALID = "REASONING_MEMO_INVALID"  # an LLM answer did not match the memo schema
+    REASONING_TIMEOUT = "REASONING_TIMEOUT"  # the LLM passed the hard timeout
+    REASONING_EVENT_PROXIMITY = "REASONING_EVENT_PROXIMITY"  # memo flag: an event blackout is near
+    REASONING_REGIME_STRESS = "REASONING_REGIME_STRESS"  # memo flag: crisis probability high / CRISIS
+    REASONING_DATA_QUALITY = "REASONING_DATA_QUALITY"  # memo flag: data-quality score low or flags
+    REASONING_FORECAST_DISAGREEMENT = "REASONING_FORECAST_DISAGREEMENT"  # memo flag: models disagree
 
 
 def codes_str(codes: list[ReasonCode] | tuple[ReasonCode, ...]) -> str:

@@ -44,6 +44,26 @@ class ProviderEmptyError(ProviderError):
     reason_code = ReasonCode.PROVIDER_EMPTY_RESPONSE
 
 
+# --- issue 16: shared HTTP client errors (polygon, binance, fred) ----------------------------
+class ProviderRateLimitedError(ProviderTransientError):
+    """429 (or 503) with ``Retry-After``: retried after exactly that wait (§A5), unless the wait
+    is longer than the declared cap, in which case ``give_up`` is set and it is not retried."""
+
+    reason_code = ReasonCode.PROVIDER_RATE_LIMITED
+
+    def __init__(self, message: str, *, status: int | None = None, provider: str | None = None,
+                 retry_after_s: float | None = None, give_up: bool = False):
+        super().__init__(message, status=status, provider=provider)
+        self.retry_after_s = retry_after_s
+        self.give_up = give_up
+
+
+class ProviderMalformedError(ProviderError):
+    """A 2xx answer that is not the documented payload (not JSON, wrong shape): not retried."""
+
+    reason_code = ReasonCode.PROVIDER_MALFORMED_RESPONSE
+
+
 def classify_http_status(status: int, message: str, provider: str) -> ProviderError:
     """Map an HTTP status to the right error class (§A5)."""
     if status in (408, 425, 429) or status >= 500:

@@ -54,13 +54,30 @@ def test_asset_class_routing_and_reasons(matrix):
     # FX: yahoo serves it; alpaca does not.
     assert select_provider("EUR/USD", 1800, "history", {"alpaca", "yahoo"}, matrix=matrix) == "yahoo"
     assert select_provider("EUR/USD", 500, "history", {"alpaca"}, matrix=matrix) == NO_VALID_PROVIDER
-    # Crypto without yahoo: binance is declared but has no client → skipped with its reason.
+    # Crypto without yahoo or polygon: binance (free, implemented) serves it; skips say why.
     sel = explain_selection("BTC/USD", 1300, "history", {"binance"}, matrix=matrix, asset_class=AssetClass.CRYPTO)
-    assert sel.provider == NO_VALID_PROVIDER
+    assert sel.provider == "binance"
     reasons = {p: r for p, r, _ in sel.skipped}
-    assert reasons["binance"] == ReasonCode.PROVIDER_NOT_AVAILABLE
     assert reasons["yahoo"] == ReasonCode.PROVIDER_NOT_ENTITLED
     assert reasons["polygon"] == ReasonCode.PROVIDER_NOT_ENTITLED
+    # Binance's 3650-day cap; polygon before binance when entitled.
+    assert select_provider("BTC/USD", 4000, "history", {"binance"}, matrix=matrix) == NO_VALID_PROVIDER
+    assert select_provider("BTC/USD", 1300, "history", {"binance", "polygon"}, matrix=matrix) == "polygon"
+
+
+def test_polygon_binance_fred_routing(matrix):
+    env = {"POLYGON_API_KEY": "p", "FRED_API_KEY": "f"}
+    entitled = entitled_providers(matrix, env)
+    assert {"polygon", "fred", "binance"} <= entitled and "yahoo" not in entitled
+    assert select_provider("AAPL", 1900, "history", entitled, matrix=matrix) == "polygon"
+    assert select_provider("EUR/USD", 1900, "history", entitled, matrix=matrix) == "polygon"
+    # FX with fred only: the H.10 reference rates; stocks are not served by fred.
+    assert select_provider("EUR/USD", 1900, "history", {"fred"}, matrix=matrix) == "fred"
+    assert select_provider("AAPL", 1900, "history", {"fred", "binance"}, matrix=matrix) == NO_VALID_PROVIDER
+    # polygon's 7300-day cap; commodities ETFs are not in its declared classes.
+    assert select_provider("AAPL", 8000, "history", {"polygon"}, matrix=matrix) == NO_VALID_PROVIDER
+    assert select_provider("GLD", 1900, "history", {"polygon"}, matrix=matrix, asset_class=AssetClass.COMMODITIES) \
+        == NO_VALID_PROVIDER
 
 
 def test_select_provider_never_raises(matrix):
