@@ -590,9 +590,13 @@ class Policies:
     def auction(self) -> AuctionPolicy:
         return load_policy_file(self.path("auction.yaml"), AuctionPolicy)
 
+    @cached_property
+    def reasoning(self) -> ReasoningPolicy:  # issue 16
+        return load_policy_file(self.path("reasoning.yaml"), ReasoningPolicy)
+
     FILES: tuple[str, ...] = (
         "universe", "providers", "quality", "schedules", "models", "strategies", "mandate", "risk",
-        "operators", "auction",
+        "operators", "auction", "reasoning",
     )
     # What an execution run reads (the broker's cash and calendars, the clock, limits, who acts).
     EXECUTION_FILES: tuple[str, ...] = ("universe", "providers", "mandate", "risk", "operators")
@@ -717,3 +721,39 @@ class AuctionPolicy(_Strict):
                 raise ValueError(f"cap of {k} must be in [0, 1], got {cap}")
         return v
 
+
+
+# --- reasoning memos (issue 16) --------------------------------------------------------------
+class ReasoningRules(_Strict):
+    """Thresholds of the deterministic rule-based memo (``ais_pipelines/core/reasoning.py``)."""
+
+    event_proximity_hours: float = Field(default=72.0, ge=0)
+    min_data_quality_score: float = Field(default=0.8, ge=0, le=1)
+    max_disagreement_factor_loss: float = Field(default=0.25, ge=0, le=1)  # 1 − disagreement_factor
+    deny_min_flags: int = Field(default=3, ge=1)  # this many flags on a risk-increasing order → DENY
+
+
+class ReasoningLlm(_Strict):
+    """The optional OpenAI-compatible endpoint; URL and key are read from the named variables."""
+
+    url_env: str = "AIS_REASONING_LLM_URL"
+    key_env: str = "AIS_REASONING_LLM_KEY"
+    model: str = "gpt-4o-mini"
+    soft_timeout_s: float = Field(default=8.0, gt=0)
+    hard_timeout_s: float = Field(default=15.0, gt=0)
+    max_input_tokens: int = Field(default=5000, ge=100, le=5000)
+    max_output_tokens: int = Field(default=700, ge=50, le=700)
+
+    @model_validator(mode="after")
+    def _soft_before_hard(self) -> ReasoningLlm:
+        if self.soft_timeout_s > self.hard_timeout_s:
+            raise ValueError(f"soft_timeout_s must not exceed hard_timeout_s (got {self.soft_timeout_s})")
+        return self
+
+
+class ReasoningPolicy(_Strict):
+    """``policies/reasoning.yaml``: which memo provider, its thresholds and budgets."""
+
+    provider: Literal["rules", "llm"] = "rules"
+    rules: ReasoningRules = ReasoningRules()
+    llm: ReasoningLlm = ReasoningLlm()

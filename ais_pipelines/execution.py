@@ -64,6 +64,7 @@ from ais_pipelines.core.policy import (
     shipped_policy,
 )
 from ais_pipelines.core.reason_codes import ReasonCode
+from ais_pipelines.core.reasoning import verdict_by_symbol
 from ais_pipelines.core.trading_state import TradingStatus
 from ais_pipelines.ledger.store import LedgerStore, apply_fill_to_position
 from ais_pipelines.oms.oms import OrderManagementSystem, OrderRefusedError, SystemHaltedError
@@ -246,6 +247,7 @@ class MarketSnapshot:
     returns: pd.DataFrame  # wide: date × symbol daily log returns (last ~63 sessions)
     history_providers: dict[str, set[str]] = field(default_factory=dict)
     regime: str = "NORMAL"
+    memos: pd.DataFrame = field(default_factory=pd.DataFrame)  # issue 16: reasoning_memos of D
 
     def _feature(self, column: str) -> dict[str, float]:
         if self.features.empty or column not in self.features.columns:
@@ -315,6 +317,7 @@ def load_snapshot(con: Any, as_of: date, returns_window: int = 63) -> MarketSnap
         if not bars.empty:
             px = bars.pivot_table(index="date", columns="symbol", values="adj_close", aggfunc="last")
             returns = np.log(px.where(px > 0)).diff().iloc[1:].tail(returns_window)
+    memos = _read(con, "reasoning_memos", as_of) if table_exists(con, "reasoning_memos") else pd.DataFrame()
     return MarketSnapshot(
         as_of=as_of,
         proposals=proposals,
@@ -325,6 +328,7 @@ def load_snapshot(con: Any, as_of: date, returns_window: int = 63) -> MarketSnap
         returns=returns,
         history_providers=providers,
         regime=regime,
+        memos=memos,
     )
 
 
@@ -623,6 +627,7 @@ CONTEXT_COLUMNS = (
     "mid",
     "quote_ts",
     "trading_mode",
+    "reasoning_memo_id",  # issue 16: the memo behind ``reasoning`` (empty: none)
     *CONTEXT_FIELDS,
 )
 
@@ -643,6 +648,7 @@ def build_policy_context(
     exec_stats: Mapping[str, float],
     provider_counts: Mapping[str, int],
     returns: pd.DataFrame | None = None,
+    memos: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per proposal with every field of :data:`CONTEXT_FIELDS` (plus the order itself).
 
@@ -667,7 +673,9 @@ def build_policy_context(
     confidence                  lowest ``strategy_candidates.confidence`` of the symbol (all
                                 strategies share the decay-adjusted forecast confidence);
                                 ``forecasts.confidence`` when no candidate row exists
-    reasoning                   NONE: no reasoning memo is produced (never blocks)
+    reasoning                   the verdict of the symbol's ``reasoning_memos`` row of D: its
+                                recommendation (ALLOW / ALLOW_WITH_CAUTION / DENY) or FAILED;
+                                NONE without a memo (never blocks). ``reasoning_memo_id`` links it
     correlation_to_book         correlation of the symbol's daily returns (last 63 sessions) with
                                 the value-weighted returns of the rest of the book; 0 for an
                                 empty book; ``market_features.avg_corr_63d`` as a proxy when
@@ -748,7 +756,9 @@ def build_policy_context(
     out["risk_per_trade_nav"] = out["cvar_95"] * out["notional"] / nav
     conf = sym.map(_per_symbol(candidates, "confidence", "min"))
     out["confidence"] = conf.where(conf.notna(), sym.map(_per_symbol(forecasts, "confidence"))).astype(float)
-    out["reasoning"] = "NONE"
+    verdicts = verdict_by_symbol(memos) if memos is not None else {}
+    out["reasoning"] = [verdicts.get(s, ("NONE", ""))[0] for s in sym]
+    out["reasoning_memo_id"] = [verdicts.get(s, ("NONE", ""))[1] for s in sym]
     rets = returns if returns is not None else pd.DataFrame()
     proxy = _per_symbol(features, "avg_corr_63d")
     corr = []
@@ -1436,6 +1446,7 @@ def assemble_context(
         exec_stats=stats,
         provider_counts=counts,
         returns=session.snapshot.returns,
+        memos=session.snapshot.memos,
     )
     return IntradayContext(ctx, quotes, book, stats, counts, now)
 

@@ -42,7 +42,8 @@ from resources.trading import (
 
 EXECUTION = dict(group_name="execution", partitions_def=as_of_partitions, pool="duckdb")
 NIGHTLY_DEPS = [dg.AssetKey(k) for k in ("order_proposals", "market_features", "data_quality",
-                                         "strategy_candidates", "forecasts")]
+                                         "strategy_candidates", "forecasts",
+                                         "reasoning_memos")]  # issue 16: the memo is a policy input
 APPROVAL_TTL_S = 300  # an approval is good for 5 minutes of the execution clock
 
 
@@ -209,6 +210,9 @@ def approved_orders(
             decisions["review_item_id"] = decisions["order_id"].where(decisions["decision"] == "REVIEW").map(
                 lambda o: ex.review_item_id(o) if isinstance(o, str) else None
             )
+            if "reasoning_memo_id" in ctx.columns:  # issue 16: the memo next to its decision
+                memo_ids = ctx.set_index("order_id")["reasoning_memo_id"]
+                decisions["reasoning_memo_id"] = decisions["order_id"].map(memo_ids).fillna("").astype("string")
             hits = batch.hits
         else:
             decisions = ex.typed([], {**ex.DECISION_DTYPES, "approval_id": "string", "review_item_id": "string"})

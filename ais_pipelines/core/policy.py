@@ -108,7 +108,7 @@ class ContextField:
     integer: bool = False  # a count: thresholds are whole numbers
 
 
-REASONING_VERDICTS = ("NONE", "ALLOW", "ALLOW_WITH_CAUTION", "DENY")
+REASONING_VERDICTS = ("NONE", "ALLOW", "ALLOW_WITH_CAUTION", "DENY", "FAILED")  # FAILED: issue 16
 
 _FIELDS: tuple[ContextField, ...] = (
     # --- pre-trade (§H3); supplied per order at execution time with fresh quotes -----------
@@ -178,7 +178,8 @@ _FIELDS: tuple[ContextField, ...] = (
         FieldKind.CATEGORY,
         "pre_trade",
         "Verdict of the optional reasoning memo: NONE (no memo), ALLOW, ALLOW_WITH_CAUTION, "
-        "DENY. Absent or null means NONE, which never blocks. Text is stripped and upper-cased.",
+        "DENY, FAILED (no valid memo). Absent or null means NONE, which never blocks. Text is stripped "
+        "and upper-cased.",
         default="NONE",
         categories=REASONING_VERDICTS,
     ),

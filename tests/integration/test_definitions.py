@@ -71,3 +71,12 @@ def test_resources_are_chosen_per_environment(tmp_path):
     assert prod["execution_clock"].mode == "system" and local["execution_clock"].mode == "simulated"
     with pytest.raises(ValueError, match="AIS_ENV"):
         resources_for("staging", str(tmp_path))
+
+
+def test_reasoning_memos_sit_between_proposals_and_the_policy(defs):
+    g = defs.resolve_asset_graph()
+    parents = {p.to_user_string() for p in g.get(dg.AssetKey("reasoning_memos")).parent_keys}
+    assert parents == {"order_proposals"}
+    assert "reasoning_memos" in {p.to_user_string() for p in g.get(dg.AssetKey("execution_context")).parent_keys}
+    nightly = defs.resolve_job_def("nightly_job")
+    assert "reasoning_memos" in {k.to_user_string() for k in nightly.asset_layer.executable_asset_keys}

@@ -116,6 +116,8 @@ BOUNDARIES = [
         {"reasoning": "ALLOW_WITH_CAUTION"},
         {"reasoning": "ALLOW"},
     ),
+    ("reasoning_caution", "REVIEW", "REASONING_CAUTION", {"reasoning": "DENY"}, {"reasoning": "NONE"}),
+    ("reasoning_failed", "REVIEW", "REASONING_FAILED", {"reasoning": "FAILED"}, {"reasoning": "ALLOW"}),
     (
         "high_correlation_to_book",
         "REVIEW",
@@ -230,7 +232,8 @@ def test_every_h3_and_h4_rule_is_shipped_and_tested(policy) -> None:
         "GROSS_EXPOSURE_LIMIT",
         "RISK_PER_TRADE_LIMIT",
     }
-    h3_review = {"LOW_CONFIDENCE", "REASONING_CAUTION", "HIGH_CORRELATION_TO_BOOK"}
+    h3_review = {"LOW_CONFIDENCE", "REASONING_CAUTION", "HIGH_CORRELATION_TO_BOOK",
+                 "REASONING_FAILED"}  # issue 16: no valid memo → the declared rule (REVIEW)
     vetoes = {
         "VETO_UNEXPLAINED_PROFIT",
         "VETO_TOO_PERFECT_EXECUTION",
@@ -381,7 +384,8 @@ def test_every_hit_is_recorded_with_observed_values(policy) -> None:
     )
     ev = run(policy, clean_order("good"), many)
     hits = ev.hits
-    expected = [r.id for r in policy.rules if r.id != "quote_from_future"]
+    # a memo verdict is either FAILED or a recommendation: reasoning_failed cannot fire with it
+    expected = [r.id for r in policy.rules if r.id not in ("quote_from_future", "reasoning_failed")]
     assert hits["rule_id"].tolist() == expected  # ordered by order, then by rule order
     assert set(hits["order_id"]) == {"bad"}
     assert ev.decision_for("bad")["n_hits"] == len(expected)
