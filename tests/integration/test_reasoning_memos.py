@@ -1,0 +1,58 @@
+"""The reasoning_memos asset between order proposals and the pre-trade policy: a cautious memo
+sends an otherwise approved order to REVIEW, the decision links its memo, nothing else moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from ais_pipelines.warehouse import replace_partition
+from assets.reasoning import reasoning_memos
+from resources.policies import PoliciesResource
+from resources.runtime import RuntimeResource
+from tests.integration.test_execution import D, decisions_of, make_rig, query, signing_env, write_nightly  # noqa: F401
+
+
+def test_memo_adds_caution_and_is_linked_from_the_decision(tmp_path: Path, policies_dir: Path,
+                                                           signing_env: None) -> None:  # noqa: F811
+    rig = make_rig(tmp_path, policies_dir)
+    write_nightly(rig.db)
+    day = pd.Timestamp(D).date()
+    con = duckdb.connect(str(rig.db))
+    # AAPL's models disagree (keep 50 % of mu): the rules flag it; the others agree.
+    fc = pd.DataFrame({"symbol": ["AAPL", "MSFT", "JPM", "PLD"], "mu_adj": 0.004, "sigma": 0.03, "cvar_95": 0.06,
+                       "confidence": [0.8, 0.4, 0.85, 0.9], "n_models": 3,
+                       "disagreement_factor": [0.5, 0.97, 0.97, 0.97]})
+    replace_partition(con, "forecasts", fc, "as_of", day)
+    replace_partition(con, "regime_probabilities",
+                      pd.DataFrame([{"regime": "NORMAL", "p_crisis_5d": 0.05, "threshold": 0.15}]), "as_of", day)
+    con.close()
+
+    memo_run = dg.materialize(
+        [reasoning_memos], partition_key=D, instance=rig.instance,
+        resources={"policies": PoliciesResource(directory=str(policies_dir)),
+                   "warehouse": DuckDBResource(database=str(rig.db)), "runtime": RuntimeResource(root=str(rig.root))},
+    )
+    assert memo_run.success
+    memos = query(rig.db, "SELECT * FROM reasoning_memos WHERE as_of = ?", [day]).set_index("symbol")
+    assert set(memos.index) == {"AAPL", "MSFT", "JPM"}  # PLD was refused upstream: no memo
+    assert memos.loc["AAPL", "verdict"] == "ALLOW_WITH_CAUTION"
+    assert memos.loc["AAPL", "risk_flags"] == "REASONING_FORECAST_DISAGREEMENT"
+    assert memos.loc["MSFT", "verdict"] == "ALLOW" and memos.loc["MSFT", "provider"] == "rules"
+
+    assert rig.run().success
+    dec = decisions_of(rig.db).set_index("symbol")
+    # AAPL was approved without a memo (tests/integration/test_execution.py): now a person decides
+    assert dec.loc["AAPL", "decision"] == "REVIEW" and dec.loc["AAPL", "reason_codes"] == "REASONING_CAUTION"
+    assert dec.loc["AAPL", "approved_qty"] == 0
+    assert dec.loc["AAPL", "reasoning_memo_id"] == memos.loc["AAPL", "memo_id"]
+    # an ALLOW memo neither approves MSFT's low confidence nor softens JPM's reject
+    assert dec.loc["MSFT", "decision"] == "REVIEW" and dec.loc["MSFT", "reason_codes"] == "LOW_CONFIDENCE"
+    assert dec.loc["JPM", "decision"] == "REJECT"
+    orders = query(rig.db, "SELECT * FROM execution_orders WHERE as_of = ?", [day]) \
+        if "execution_orders" in query(rig.db, "SHOW TABLES")["name"].tolist() else pd.DataFrame()
+    assert orders.empty or "AAPL" not in set(orders["symbol"])  # nothing in REVIEW reaches the broker
