@@ -314,6 +314,22 @@ def build_book(
     return Book(history, mtm, cash, m)
 
 
+MEMO_REPORT_COLUMNS = {"verdict": "memo", "risk_flags": "memo_flags", "counter_thesis": "memo_counter_thesis",
+                       "provider": "memo_provider", "prompt_path": "memo_prompt", "memo_id": "memo_id"}
+
+
+def with_memos(decisions: pd.DataFrame, memos: pd.DataFrame) -> pd.DataFrame:
+    """Decisions with their reasoning memo's verdict, flags, counter-thesis, provider and prompt
+    (joined on the memo id the decision recorded, else on the symbol)."""
+    if decisions.empty or memos.empty:
+        return decisions
+    m = memos[[c for c in MEMO_REPORT_COLUMNS if c in memos.columns] + ["symbol"]].rename(columns=MEMO_REPORT_COLUMNS)
+    if "reasoning_memo_id" in decisions.columns and decisions["reasoning_memo_id"].fillna("").astype(bool).any():
+        return decisions.merge(m.drop(columns=["symbol"]), how="left", left_on="reasoning_memo_id",
+                               right_on="memo_id").drop(columns=["memo_id"])
+    return decisions.merge(m.drop(columns=["memo_id"]), how="left", on="symbol")
+
+
 def _policy_decisions(decisions: pd.DataFrame | None) -> pd.DataFrame | None:
     """Pre-trade decisions (APPROVE / REVIEW / REJECT) for the gate pass rates, if any."""
     if decisions is None or decisions.empty or "decision" not in decisions.columns:
@@ -427,6 +443,8 @@ def load_governance_inputs(
 
     inputs.proposals = _for_as_of(con, "order_proposals", d, missing)
     inputs.decisions = _for_as_of(con, "governance_decisions", d, missing)
+    if table_exists(con, "reasoning_memos"):  # issue 16: each memo next to its decision
+        inputs.decisions = with_memos(inputs.decisions, read_table(con, "reasoning_memos", "as_of = ?", [d]))
 
     orders = _ledger(con, "orders", missing)
     fills = _ledger(con, "fills", missing)
@@ -844,7 +862,8 @@ def _section_decisions(i: GovernanceInputs) -> str:
         out.append(html_table(d.drop(columns=["as_of"], errors="ignore"),
                               ["order_id", "candidate_id", "symbol", "side", "stage", "decision", "reason_codes",
                                "requested_qty", "approved_qty", "n_hits", "undetermined", "vetoed", "veto_reason",
-                               "expires_at", "environment"]))
+                               "expires_at", "environment",
+                               "memo", "memo_flags", "memo_counter_thesis", "memo_provider", "memo_prompt"]))
     out.append("<h3>Governance vetoes</h3>")
     vetoes = []
     if not d.empty:

@@ -56,3 +56,11 @@ def test_memo_adds_caution_and_is_linked_from_the_decision(tmp_path: Path, polic
     orders = query(rig.db, "SELECT * FROM execution_orders WHERE as_of = ?", [day]) \
         if "execution_orders" in query(rig.db, "SHOW TABLES")["name"].tolist() else pd.DataFrame()
     assert orders.empty or "AAPL" not in set(orders["symbol"])  # nothing in REVIEW reaches the broker
+
+    from ais_pipelines.reports.governance import write_governance_report
+
+    html = write_governance_report(rig.db, D, tmp_path / "reports").read_text()
+    decisions = html[html.index("Pre-trade policy decisions"):html.index("Governance vetoes")]
+    aapl_row = next(row for row in decisions.split("<tr>") if "AAPL" in row)
+    assert "REVIEW" in aapl_row and "ALLOW_WITH_CAUTION" in aapl_row and "REASONING_FORECAST_DISAGREEMENT" in aapl_row
+    assert "memo_counter_thesis" in decisions
