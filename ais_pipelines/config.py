@@ -246,6 +246,11 @@ class RegimePolicy(_Strict):
     horizon_sessions: int = Field(default=5, ge=1)
     seed: int = 0
     min_obs: int = Field(default=250, ge=50)
+    # issue 16: FRED inputs recorded with the snapshot (§C3); the proxy is the fallback
+    vix_series: str = "VIXCLS"
+    macro_series: list[str] = []
+    macro_lookback_days: int = Field(default=30, ge=1, le=3650)
+    macro_max_staleness_days: int = Field(default=7, ge=0, le=365)
 
 
 class ForecastPolicy(_Strict):

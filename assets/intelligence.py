@@ -72,7 +72,7 @@ def _previous_fit(con, as_of: pd.Timestamp) -> regime_core.RegimeFit | None:
     return regime_core.RegimeFit.from_dict(json.loads(fits.sort_values("as_of").iloc[-1]["fit_json"]))
 
 
-@dg.asset(**INTEL, deps=[data_quality],
+@dg.asset(**INTEL, deps=[data_quality, dg.AssetKey("macro_series")],  # macro_series: issue 16 (§C3 FRED inputs)
           description="3-state Markov-switching regime (NORMAL / VOLATILE / CRISIS) on the equal-weight stock "
           "index: transition matrix, filtered beliefs, 5-session regime probabilities, p_crisis_5d from the "
           "matrix (§C2), the §C3 inputs and the §C4 de-risk / reduce-only flags.")
@@ -91,6 +91,7 @@ def regime_probabilities(context: dg.AssetExecutionContext, policies: PoliciesRe
         previous = _previous_fit(con, as_of)
         outcome = regime_core.fit_regime_model(returns, seed=cfg.seed, previous=previous, min_obs=cfg.min_obs)
         inputs = regime_core.regime_inputs(index, np.log(closes).diff(), as_of)
+        inputs |= macro_inputs_as_of(con, pol, as_of, inputs.get("vix_proxy", float("nan")))  # issue 16
         snap = regime_core.regime_snapshot(
             outcome, as_of, inputs=inputs, threshold=cfg.crisis_threshold, min_scale=cfg.min_exposure_scale
         )
@@ -117,6 +118,9 @@ def regime_probabilities(context: dg.AssetExecutionContext, policies: PoliciesRe
         "reduce_only": bool(snap["reduce_only"]),
         "fail_closed": bool(snap["fail_closed"]),
         "reason_codes": ";".join(snap["reason_codes"]) or "none",
+        "vix_level": float(np.nan_to_num(snap.get("vix_level", np.nan))),  # issue 16
+        "vix_source": str(snap.get("vix_source")),
+        "macro_reason_codes": ";".join(snap.get("macro_reason_codes") or []) or "none",
         "transition_matrix": md_table(trans.reset_index(names="from")) if not trans.empty else "none",
     })
 
@@ -132,6 +136,21 @@ def regime_fit_ok(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResou
         metadata={"fallback": bool(not row.empty and row["fit_is_fallback"].iloc[0]),
                   "reason_codes": str(row["reason_codes"].iloc[0]) if not row.empty else "no row"},
     )
+
+
+def macro_inputs_as_of(con, pol: Policies, as_of: pd.Timestamp, vix_proxy: float) -> dict:
+    """FRED VIX level and macro series as of D (issue 16); the proxy with a reason code without them."""
+    from ais_pipelines.core.regime_macro import macro_inputs
+    from ais_pipelines.warehouse import table_exists
+
+    cfg = pol.models.regime
+    obs = read_table(con, "macro_observations", "as_of = ?", [as_of.date()]) \
+        if table_exists(con, "macro_observations") else pd.DataFrame()
+    log = read_table(con, "macro_fetch_log", "as_of = ?", [as_of.date()]) \
+        if table_exists(con, "macro_fetch_log") else pd.DataFrame()
+    status = {str(r.series_id): str(r.reason_code) or "OK" for r in log.itertuples()} if not log.empty else {}
+    return macro_inputs(obs, as_of, vix_proxy=vix_proxy, vix_series=cfg.vix_series, series=cfg.macro_series,
+                        max_staleness_days=cfg.macro_max_staleness_days, fetch_status=status)
 
 
 def read_regime(con, as_of: pd.Timestamp) -> dict:

@@ -111,13 +111,16 @@ class FredProvider:
     def __repr__(self) -> str:
         return f"FredProvider(base_url={self.http.base_url!r})"
 
-    def _pages(self, series_id: str, start: date, end: date) -> tuple[list[dict[str, Any]], int]:
+    def _pages(self, series_id: str, start: date, end: date,
+               realtime: date | None = None) -> tuple[list[dict[str, Any]], int]:
         pages: list[dict[str, Any]] = []
         attempts, offset = 0, 0
         while True:
             params = {"series_id": series_id, "api_key": self._api_key, "file_type": "json",
                       "observation_start": start.isoformat(), "observation_end": end.isoformat(),
                       "sort_order": "asc", "limit": self.page_limit, "offset": offset}
+            if realtime is not None:  # the vintage known on that day (ALFRED): point in time
+                params |= {"realtime_start": realtime.isoformat(), "realtime_end": realtime.isoformat()}
             doc, n = self.http.get_json(OBSERVATIONS_PATH, params)
             attempts += n
             if not isinstance(doc, dict) or not isinstance(doc.get("observations"), list):
@@ -133,10 +136,12 @@ class FredProvider:
             if got == 0 or offset >= count:
                 return pages, attempts
 
-    def fetch_series(self, series_id: str, start: date, end: date) -> tuple[pd.DataFrame, list[Any], dict[str, Any]]:
-        """(observations frame, raw pages, lineage) of one series over ``start..end``."""
+    def fetch_series(self, series_id: str, start: date, end: date, *,
+                     realtime: date | None = None) -> tuple[pd.DataFrame, list[Any], dict[str, Any]]:
+        """(observations frame, raw pages, lineage) of one series over ``start..end``; with
+        ``realtime`` the values as they were known on that day (FRED's real-time period)."""
         first = len(self.http.exchanges)
-        pages, attempts = self._pages(series_id, start, end)
+        pages, attempts = self._pages(series_id, start, end, realtime)
         frame = parse_observations(pages, series_id)
         lineage = {"provider": PROVIDER, "client": "ais http (requests)", "series_id": series_id,
                    "urls": [e.url for e in self.http.exchanges[first:]], "pages": len(pages),
