@@ -734,7 +734,7 @@ class ReasoningRules(_Strict):
 
     event_proximity_hours: float = Field(default=72.0, ge=0)
     min_data_quality_score: float = Field(default=0.8, ge=0, le=1)
-    max_disagreement_factor_loss: float = Field(default=0.25, ge=0, le=1)  # 1 − disagreement_factor
+    max_disagreement_factor_loss: float = Field(default=0.5, ge=0, le=1)  # 1 − disagreement_factor
     deny_min_flags: int = Field(default=3, ge=1)  # this many flags on a risk-increasing order → DENY
 
 

@@ -91,3 +91,20 @@ def reasoning_memos(context: dg.AssetExecutionContext, policies: PoliciesResourc
         "memo_table": md_table(frame[["symbol", "side", "verdict", "risk_flags", "provider", "memo_id"]]
                                if len(frame) else frame),
     })
+
+
+@dg.asset_check(asset=reasoning_memos, blocking=True, partitions_def=as_of_partitions,
+                description="Every PROPOSED order of D has its memo (a FAILED memo counts: the declared rule "
+                "decides it). Until this passes the execution sensor waits: no order is decided without its memo.")
+def memos_cover_proposals(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    d = partition_as_of(context).date()
+    with warehouse.get_connection() as con:
+        proposals = read_table(con, "order_proposals", "as_of = ?", [d])
+        memos = read_table(con, "reasoning_memos", "as_of = ?", [d])
+    proposed = set(proposals.loc[proposals["status"] == "PROPOSED", "symbol"]) \
+        if not proposals.empty and "status" in proposals.columns else set(proposals.get("symbol", []))
+    missing = sorted(proposed - set(memos.get("symbol", [])))
+    return dg.AssetCheckResult(passed=not missing, metadata={
+        "proposed": len(proposed), "memos": len(memos), "missing": ", ".join(missing) or "none",
+        "reason_code": "REASONING_FAILED" if missing else "none",
+    })

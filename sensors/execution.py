@@ -11,7 +11,8 @@ ALREADY_EXECUTED       the ledger holds the INTRADAY_EXECUTED marker for D (run 
 UPSTREAM_CHECK_FAILED  the latest evaluation *for partition D* of every required check
                        (:data:`REQUIRED_CHECKS`: data-quality and history gates, quality schema,
                        no allocation to ineligible candidates, portfolio and component CVaR,
-                       impact estimates, proposals respecting the risk state) exists, targets D's latest
+                       impact estimates, proposals respecting the risk state, a reasoning memo
+                       for every proposal) exists, targets D's latest
                        materialization and passed — a WARN-severity failure (symbols excluded,
                        the system goes on) counts as passed, exactly like Dagster's blocking
                        semantics; ERROR, missing, in progress or stale fail closed
@@ -72,6 +73,7 @@ REQUIRED_CHECKS: tuple[dg.AssetCheckKey, ...] = tuple(
         ("portfolio_cvar", "component_cvar_within_limit"),
         ("order_proposals", "orders_have_impact_estimates"),
         ("order_proposals", "proposals_respect_risk_state"),
+        ("reasoning_memos", "memos_cover_proposals"),  # issue 16: no decision without its memo
     )
 )
 EXECUTION_JOB = "intraday_execution_job"

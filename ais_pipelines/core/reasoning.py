@@ -185,8 +185,8 @@ def rule_based_answer(facts: Mapping[str, Any], params: ReasoningRules) -> tuple
 
     Flags: an event blackout starting within ``event_proximity_hours`` (or in progress); CRISIS
     or ``p_crisis_5d`` above the regime's threshold; data-quality score below the caution level
-    or any quality flag; models losing more than ``max_disagreement_factor_loss`` of μ to their
-    disagreement. No flag → ALLOW; a flag → ALLOW_WITH_CAUTION; ``deny_min_flags`` flags on an
+    (the score weighs every §B3 flag already); models losing more than
+    ``max_disagreement_factor_loss`` of μ to their disagreement (§D2). No flag → ALLOW; a flag → ALLOW_WITH_CAUTION; ``deny_min_flags`` flags on an
     order that is not reduce-only → DENY. A missing fact is a flag (unknown is not safe).
     """
     flags: list[tuple[str, ReasonCode]] = []
@@ -198,8 +198,9 @@ def rule_based_answer(facts: Mapping[str, Any], params: ReasoningRules) -> tuple
     if facts.get("regime") == "CRISIS" or math.isnan(p5) or (not math.isnan(thr) and p5 > thr):
         flags.append((f"regime {facts.get('regime')}, p_crisis_5d {p5:.2f}", ReasonCode.REASONING_REGIME_STRESS))
     dq = _num(facts.get("data_quality_score"))
-    if math.isnan(dq) or dq < params.min_data_quality_score or facts.get("quality_reason_codes"):
-        codes = ",".join(facts.get("quality_reason_codes") or []) or "none"
+    if math.isnan(dq) or dq < params.min_data_quality_score:
+        # the score already weighs every flag (§B4); a lone historical spike is not a caution
+        codes = ",".join(c for c in facts.get("quality_reason_codes") or [] if c != "DATA_VALID") or "none"
         flags.append((f"data quality {dq:.2f} (flags: {codes})", ReasonCode.REASONING_DATA_QUALITY))
     dis = _num(facts.get("disagreement_factor"))
     if math.isnan(dis) or 1.0 - dis > params.max_disagreement_factor_loss:

@@ -21,6 +21,7 @@ PREV = "2026-11-19"
 def build(policies_dir: Path, runtime_root: Path, monkeypatch):
     monkeypatch.setenv("AIS_POLICIES_DIR", str(policies_dir))
     monkeypatch.delenv("AIS_DATA_PROVIDER", raising=False)
+    monkeypatch.delenv("FRED_API_KEY", raising=False)  # issue 16: the regime's VIX is the proxy here
     return build_definitions(env="ci", runtime_root=str(runtime_root)), dg.DagsterInstance.ephemeral()
 
 
@@ -82,6 +83,13 @@ def test_nightly_auction_builds_a_governed_book(policies_dir, runtime_root, monk
                  "orders_have_impact_estimates", "proposals_respect_risk_state", "auction_solved",
                  "auction_caps_hold"):
         assert checks[name], name
+    # issue 16: one rule-based memo per proposal; without FRED the regime records the VIX proxy
+    memos = q(db, f"SELECT * FROM reasoning_memos WHERE as_of = DATE '{D}'")
+    assert sorted(memos["symbol"]) == sorted(proposed["symbol"]) and set(memos["provider"]) == {"rules"}
+    assert set(memos["verdict"]) == {"ALLOW"}  # calm, clean sample data: the memo adds no caution
+    reg = q(db, f"SELECT * FROM regime_probabilities WHERE as_of = DATE '{D}'").iloc[0]
+    assert reg["vix_source"] == "proxy" and reg["vix_level"] == reg["vix_proxy"]
+    assert "VIX_PROXY_FALLBACK" in reg["macro_reason_codes"]
     assert (runtime_root / "auction_state" / f"{D}.npz").exists()  # the basis for the next night
     assert summary["turnover"] == pytest.approx(book["weight"].sum(), abs=1e-9)  # built from cash
 

@@ -11,7 +11,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.warehouse import replace_partition
-from assets.reasoning import reasoning_memos
+from assets.reasoning import memos_cover_proposals, reasoning_memos
 from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
 from tests.integration.test_execution import D, decisions_of, make_rig, query, signing_env, write_nightly  # noqa: F401
@@ -23,21 +23,22 @@ def test_memo_adds_caution_and_is_linked_from_the_decision(tmp_path: Path, polic
     write_nightly(rig.db)
     day = pd.Timestamp(D).date()
     con = duckdb.connect(str(rig.db))
-    # AAPL's models disagree (keep 50 % of mu): the rules flag it; the others agree.
+    # AAPL's models disagree (keep 40 % of mu): the rules flag it; the others agree.
     fc = pd.DataFrame({"symbol": ["AAPL", "MSFT", "JPM", "PLD"], "mu_adj": 0.004, "sigma": 0.03, "cvar_95": 0.06,
                        "confidence": [0.8, 0.4, 0.85, 0.9], "n_models": 3,
-                       "disagreement_factor": [0.5, 0.97, 0.97, 0.97]})
+                       "disagreement_factor": [0.4, 0.97, 0.97, 0.97]})
     replace_partition(con, "forecasts", fc, "as_of", day)
     replace_partition(con, "regime_probabilities",
                       pd.DataFrame([{"regime": "NORMAL", "p_crisis_5d": 0.05, "threshold": 0.15}]), "as_of", day)
     con.close()
 
     memo_run = dg.materialize(
-        [reasoning_memos], partition_key=D, instance=rig.instance,
+        [reasoning_memos, memos_cover_proposals], partition_key=D, instance=rig.instance,
         resources={"policies": PoliciesResource(directory=str(policies_dir)),
                    "warehouse": DuckDBResource(database=str(rig.db)), "runtime": RuntimeResource(root=str(rig.root))},
     )
     assert memo_run.success
+    assert [e.passed for e in memo_run.get_asset_check_evaluations()] == [True]  # the sensor's gate
     memos = query(rig.db, "SELECT * FROM reasoning_memos WHERE as_of = ?", [day]).set_index("symbol")
     assert set(memos.index) == {"AAPL", "MSFT", "JPM"}  # PLD was refused upstream: no memo
     assert memos.loc["AAPL", "verdict"] == "ALLOW_WITH_CAUTION"

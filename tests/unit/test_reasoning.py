@@ -51,8 +51,7 @@ def test_clean_facts_allow() -> None:
      ({"regime": {"p_crisis_5d": 0.2}}, "REASONING_REGIME_STRESS"),
      ({"regime": {"regime": "CRISIS"}}, "REASONING_REGIME_STRESS"),
      ({"dq": 0.79}, "REASONING_DATA_QUALITY"),
-     ({"qcodes": "STALE_PRICES"}, "REASONING_DATA_QUALITY"),
-     ({"dis": 0.74}, "REASONING_FORECAST_DISAGREEMENT")],
+     ({"dis": 0.49}, "REASONING_FORECAST_DISAGREEMENT")],
 )
 def test_each_flag_adds_caution(kw, flag) -> None:
     memo = r.rule_based_memo(facts(**kw), RULES)
@@ -62,7 +61,11 @@ def test_each_flag_adds_caution(kw, flag) -> None:
 
 def test_thresholds_are_exclusive_where_declared() -> None:
     assert r.rule_based_memo(facts(blackouts=[blackout(73)]), RULES).risk_flags == []
-    assert r.rule_based_memo(facts(dq=0.8, dis=0.75, regime={"p_crisis_5d": 0.15}), RULES).risk_flags == []
+    assert r.rule_based_memo(facts(dq=0.8, dis=0.5, regime={"p_crisis_5d": 0.15}), RULES).risk_flags == []
+    # quality flags count through the score only: a lone historical spike with a 0.99 score is no caution
+    assert r.rule_based_memo(facts(dq=0.99, qcodes="DATA_VALID;RETURN_SPIKE"), RULES).risk_flags == []
+    low = r.rule_based_memo(facts(dq=0.7, qcodes="DATA_VALID;STALE_PRICES"), RULES)
+    assert "STALE_PRICES" in low.counter_thesis and "DATA_VALID" not in low.counter_thesis
 
 
 def test_unknown_facts_are_flags_not_safe() -> None:
