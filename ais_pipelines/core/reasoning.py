@@ -308,6 +308,11 @@ def produce_memos(facts: Sequence[Mapping[str, Any]], rules: ReasoningRules, llm
 
 def memos_frame(memos: Sequence[ReasoningMemo]) -> pd.DataFrame:
     frame = pd.DataFrame([m.row() for m in memos], columns=MEMO_COLUMNS)
+    # explicit types: an all-null column (no FAILED memo tonight, no prompt file) must still be
+    # text, or the warehouse table gets a NULL-typed column that a later night cannot fill
+    for col in MEMO_COLUMNS:
+        if col not in ("latency_ms", "attempts"):
+            frame[col] = frame[col].astype("string")
     frame["latency_ms"] = frame["latency_ms"].astype("float64")
     frame["attempts"] = frame["attempts"].astype("int64")
     return frame

@@ -65,3 +65,40 @@ def test_memo_adds_caution_and_is_linked_from_the_decision(tmp_path: Path, polic
     aapl_row = next(row for row in decisions.split("<tr>") if "AAPL" in row)
     assert "REVIEW" in aapl_row and "ALLOW_WITH_CAUTION" in aapl_row and "REASONING_FORECAST_DISAGREEMENT" in aapl_row
     assert "memo_counter_thesis" in decisions
+
+
+def _memos_only(rig, policies_dir: Path) -> pd.DataFrame:
+    result = dg.materialize(
+        [reasoning_memos, memos_cover_proposals], partition_key=D, instance=rig.instance,
+        resources={"policies": PoliciesResource(directory=str(policies_dir)),
+                   "warehouse": DuckDBResource(database=str(rig.db)), "runtime": RuntimeResource(root=str(rig.root))},
+    )
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    return query(rig.db, "SELECT * FROM reasoning_memos WHERE as_of = ? ORDER BY symbol", [pd.Timestamp(D).date()])
+
+
+def test_llm_provider_from_policy_and_environment(tmp_path: Path, policies_dir: Path, monkeypatch) -> None:
+    import json
+
+    from tests.stubs.http_stub import StubHTTPServer, StubResponse
+
+    (policies_dir / "reasoning.yaml").write_text("provider: llm\nllm: {model: stub-model, soft_timeout_s: 2, hard_timeout_s: 5}\n")
+    rig = make_rig(tmp_path, policies_dir)
+    write_nightly(rig.db)
+    monkeypatch.delenv("AIS_REASONING_LLM_URL", raising=False)
+    monkeypatch.delenv("AIS_REASONING_LLM_KEY", raising=False)
+    unset = _memos_only(rig, policies_dir)  # no URL/key: FAILED memos (→ reasoning_failed → REVIEW)
+    assert set(unset["verdict"]) == {"FAILED"} and unset["detail"].str.contains("AIS_REASONING_LLM_URL").all()
+
+    answer = {"thesis": "t", "counter_thesis": "c", "risk_flags": [], "recommendation": "ALLOW"}
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": json.dumps(answer)}}]}
+    with StubHTTPServer() as server:
+        server.route("POST", "/v1/chat/completions", StubResponse(body=body))
+        monkeypatch.setenv("AIS_REASONING_LLM_URL", f"{server.base_url}/v1")
+        monkeypatch.setenv("AIS_REASONING_LLM_KEY", "sk-stub-secret-000")
+        memos = _memos_only(rig, policies_dir)
+        assert len(server.requests) == 3  # one call per PROPOSED order
+    assert set(memos["verdict"]) == {"ALLOW"} and set(memos["provider"]) == {"llm"}
+    assert set(memos["model_version"]) == {"stub-model"}
+    for path in memos["prompt_path"]:
+        assert Path(path).parent == rig.root / "reasoning" / D and "sk-stub-secret-000" not in Path(path).read_text()

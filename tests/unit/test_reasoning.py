@@ -148,3 +148,21 @@ def test_verdict_by_symbol_reads_a_stored_partition() -> None:
     memos = r.memos_frame([r.rule_based_memo(facts(dq=0.5), RULES)])
     assert r.verdict_by_symbol(memos) == {"AAPL": ("ALLOW_WITH_CAUTION", memos["memo_id"].iloc[0])}
     assert r.verdict_by_symbol(pd.DataFrame()) == {}
+
+
+def test_reasoning_policy_is_validated_with_file_key_and_value(tmp_path) -> None:
+    import shutil
+
+    from ais_pipelines.config import DEFAULT_POLICIES_DIR, PolicyFileError
+
+    d = tmp_path / "p"
+    shutil.copytree(DEFAULT_POLICIES_DIR, d)
+    assert Policies(d).reasoning.provider == "rules" and Policies(d).reasoning.llm.max_output_tokens == 700
+    for body, words in [("provider: gpt\n", ["provider", "gpt"]),
+                        ("llm: {soft_timeout_s: 20, hard_timeout_s: 15}\n", ["soft_timeout_s", "20"]),
+                        ("llm: {max_input_tokens: 9000}\n", ["max_input_tokens", "9000"]),
+                        ("rules: {deny_min_flag: 2}\n", ["deny_min_flag"])]:
+        (d / "reasoning.yaml").write_text(body)
+        with pytest.raises(PolicyFileError) as info:
+            _ = Policies(d).reasoning
+        assert "reasoning.yaml" in str(info.value) and all(w in str(info.value) for w in words), str(info.value)
