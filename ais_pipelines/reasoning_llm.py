@@ -11,8 +11,9 @@ Rules:
   sent (FAILED) — and ``max_tokens`` = ``max_output_tokens`` (700).
 * One invalid answer (not JSON, wrong schema) → one retry with a repair prompt that quotes the
   problem; a second invalid answer → FAILED (``REASONING_MEMO_INVALID``).
-* Hard timeout (15 s) bounds the whole memo, retries included: each request may only use what
-  is left (``REASONING_TIMEOUT`` → FAILED). An answer after the soft timeout (8 s) is used but
+* Hard timeout (15 s) bounds the whole memo, retries included, as a wall-clock deadline: each
+  request may only use what is left, however slowly the server sends (``REASONING_TIMEOUT`` →
+  FAILED). An answer after the soft timeout (8 s) is used but
   flagged ``slow_answer`` in its detail, and no repair retry is started after it.
 * Transport errors and non-2xx answers → FAILED at once (the nightly job must not wait on a
   flaky endpoint; the declared ``reasoning_failed`` rule sends the order to a person).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -112,6 +114,27 @@ class LlmMemoProvider:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise _Invalid(f"not a chat-completions answer ({exc!r})") from exc
 
+    def _post_within(self, messages: list[dict[str, str]], left_s: float) -> str:
+        """``_post`` bounded by a wall-clock deadline: requests' timeout is per socket read, so a
+        server trickling bytes could outlast it; past the deadline we stop waiting (the worker
+        thread ends on its own read timeout)."""
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["content"] = self._post(messages, left_s)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="llm-memo", daemon=True)
+        worker.start()
+        worker.join(left_s)
+        if worker.is_alive():
+            raise requests.exceptions.Timeout(f"no complete answer within {left_s:.1f}s")
+        if "error" in box:
+            raise box["error"]
+        return str(box["content"])
+
     def _store(self, memo_id: str, messages: list[dict[str, str]], answers: list[str]) -> tuple[str, str]:
         s = self.settings
         doc = {"provider": PROVIDER, "endpoint": s.url, "model": s.model, "messages": messages, "answers": answers,
@@ -153,7 +176,7 @@ class LlmMemoProvider:
                 return done(None)
             attempts += 1
             try:
-                content = self._post(messages, left)
+                content = self._post_within(messages, left)
             except requests.exceptions.Timeout:
                 codes.append(str(ReasonCode.REASONING_TIMEOUT))
                 detail = f"no answer within the hard timeout {s.hard_timeout_s:.1f}s"

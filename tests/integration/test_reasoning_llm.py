@@ -132,3 +132,40 @@ def test_secrets_in_facts_are_redacted_in_the_stored_prompt(server, tmp_path) ->
     stored = open(memo.provenance.prompt_path).read()  # noqa: SIM115
     assert KEY not in stored and "sk-otherSecret123456" not in stored
     assert repr(LlmSettings(url="u", api_key=KEY)).count(KEY) == 0
+
+
+def test_a_trickling_server_cannot_outlast_the_hard_timeout(tmp_path) -> None:
+    """Headers at once, then the body a byte every 0.2 s: each read is quick, the answer is not."""
+    import socket
+    import threading
+
+    body = json.dumps(completion(json.dumps(VALID))).encode()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode())
+            for byte in body:
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    settings = LlmSettings(url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", api_key=KEY,
+                           soft_timeout_s=0.2, hard_timeout_s=0.8)
+    t0 = time.monotonic()
+    memo = LlmMemoProvider(settings, tmp_path / "p").memo(FACTS)
+    elapsed = time.monotonic() - t0
+    stop.set()
+    listener.close()
+    assert memo.status == "FAILED" and "REASONING_TIMEOUT" in memo.reason_codes and elapsed < 1.5
