@@ -38,12 +38,12 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ais_pipelines.core.correlation import mean_pairwise_corr
 from ais_pipelines.core.reason_codes import ReasonCode
 
 REGIMES: tuple[str, str, str] = ("NORMAL", "VOLATILE", "CRISIS")
@@ -503,13 +503,8 @@ def exposure_scale(
 
 
 def _avg_pairwise_corr(window: pd.DataFrame, min_periods: int) -> float:
-    ok = window.loc[:, window.notna().sum() >= min_periods]
-    if ok.shape[1] < 2:
-        return float("nan")
-    C = ok.corr(min_periods=min_periods).to_numpy()
-    vals = [C[i, j] for i, j in combinations(range(C.shape[0]), 2)]
-    vals = [v for v in vals if np.isfinite(v)]
-    return float(np.mean(vals)) if vals else float("nan")
+    """Mean of the upper triangle of ``window.corr(min_periods=…)``, finite pairs only, in O(N·T)."""
+    return mean_pairwise_corr(window.to_numpy(dtype=np.float64), min_periods)
 
 
 def _garch_vix(log_ret: pd.Series, horizon: int = 21, window: int = 1260) -> float:
