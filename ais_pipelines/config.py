@@ -245,6 +245,8 @@ class RegimePolicy(_Strict):
     horizon_sessions: int = Field(default=5, ge=1)
     seed: int = 0
     min_obs: int = Field(default=250, ge=50)
+    # Issue 15: refit the regime model every N new sessions; nights in between only filter.
+    refit_every_sessions: int = Field(default=21, ge=1)
 
 
 class ForecastPolicy(_Strict):

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.signal import lfilter
 
 from ais_pipelines.core.correlation import corr_sums, self_pairs
 from ais_pipelines.core.reason_codes import ReasonCode, codes_str
@@ -269,6 +268,8 @@ def ewma_variance(r: np.ndarray, lam: float, min_obs: int) -> np.ndarray:
     the start-up weight (lam^n) is below 1e-7 and it is the textbook recursion. Uses only
     returns up to t (point in time); NaN until ``min_obs`` returns exist.
     """
+    from scipy.signal import lfilter  # scipy.signal costs ~2 s to import: only in the run that filters
+
     valid = np.isfinite(r)
     sq = np.where(valid, r * r, 0.0)
     num = lfilter([1.0], [1.0, -lam], sq, axis=1)
