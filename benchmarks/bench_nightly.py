@@ -28,21 +28,44 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-def _empty_graph(job_def):  # type: ignore[no-untyped-def]
-    """The nightly graph with no-op bodies: Dagster's own cost for the same steps."""
+NIGHTLY_GROUPS = ("ingestion", "quality", "intelligence", "portfolio")  # nightly_job's selection
+
+
+def _empty_graph(defs):  # type: ignore[no-untyped-def]
+    """The nightly graph (same asset keys, dependencies, partitions and checks) with no-op
+    bodies: Dagster's own cost for the same steps."""
     import dagster as dg
 
-    specs_by_node = []
-    for ad in job_def.asset_layer.assets_defs_by_node_handle.values():
-        specs = [s.replace_attributes(code_version=None) for s in ad.specs]
-        specs_by_node.append((ad.node_def.name, specs, ad.partitions_def))
     out = []
-    for name, specs, pdef in specs_by_node:
-        def _body(context: dg.AssetExecutionContext, _specs=specs):  # type: ignore[no-untyped-def]
-            for s in _specs:
-                yield dg.MaterializeResult(asset_key=s.key)
+    keys = set()
+    for ad in defs.assets or []:
+        if not isinstance(ad, dg.AssetsDefinition):
+            continue
+        specs = [s for s in ad.specs if s.group_name in NIGHTLY_GROUPS]
+        if not specs:
+            continue
+        keys |= {s.key for s in specs}
 
-        out.append(dg.multi_asset(name=f"floor_{name}", specs=specs, partitions_def=pdef)(_body))
+        def _make_body(keys_of: list):  # type: ignore[no-untyped-def]
+            def _body(context):  # type: ignore[no-untyped-def]
+                for k in keys_of:
+                    yield dg.MaterializeResult(asset_key=k)
+
+            return _body
+
+        name = "floor_" + "_".join(specs[0].key.path)
+        out.append(dg.multi_asset(name=name, specs=specs, partitions_def=ad.partitions_def,
+                                  can_subset=False)(_make_body([sp.key for sp in specs])))
+    for cd in defs.asset_checks or []:
+        for ck in cd.check_keys:
+            if ck.asset_key not in keys:
+                continue
+
+            @dg.asset_check(asset=ck.asset_key, name=ck.name)
+            def _check():  # type: ignore[no-untyped-def]
+                return dg.AssetCheckResult(passed=True)
+
+            out.append(_check)
     return out
 
 
@@ -103,7 +126,8 @@ def child(n_symbols: int, n_sessions: int, profile: str | None) -> None:
     failed = [c.check_name for c in r.get_asset_check_evaluations() if not c.passed]
     rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
-    floor_assets = _empty_graph(job)
+    print(json.dumps({"n": n_symbols, "nightly_s": t_nightly, "rss_mb": rss_ours, "partial": True}), flush=True)
+    floor_assets = _empty_graph(defs)
     t = time.perf_counter()
     fr = dg.materialize(floor_assets, instance=instance, partition_key=str(d), run_config=QUIET)
     t_floor = time.perf_counter() - t
