@@ -47,3 +47,14 @@ report: setup
 
 clean:
 	rm -rf runtime dbt/target dbt/logs
+
+# --- issue 15: the production profile (PostgreSQL instance + ledger, daemon, webserver) -------
+.PHONY: up down status
+up: setup
+	./ops/service.sh up
+
+status:
+	./ops/service.sh status
+
+down:
+	./ops/service.sh down

@@ -251,6 +251,8 @@ class RegimePolicy(_Strict):
     macro_series: list[str] = []
     macro_lookback_days: int = Field(default=30, ge=1, le=3650)
     macro_max_staleness_days: int = Field(default=7, ge=0, le=365)
+    # Issue 15: refit the regime model every N new sessions; nights in between only filter.
+    refit_every_sessions: int = Field(default=21, ge=1)
 
 
 class ForecastPolicy(_Strict):

@@ -13,6 +13,9 @@ from dagster_duckdb import DuckDBResource
 from ais_pipelines.config import Policies
 
 ENVIRONMENTS = ("local", "ci", "prod")
+# Issue 15: jobs that write the DuckDB warehouse carry this tag; the service profile's
+# QueuedRunCoordinator (ops/dagster.service.yaml) runs one of them at a time per value.
+WAREHOUSE_WRITER_TAG = {"ais/warehouse": "main"}
 
 
 def resources_for(env: str, runtime_root: str) -> dict[str, object]:
@@ -71,7 +74,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
 
     nightly_job = dg.define_asset_job(
         "nightly_job",
-        tags={"dagster/max_runtime": 3600},  # run monitoring: a hung night is cancelled, never blocks
+        tags={"dagster/max_runtime": 3600, **WAREHOUSE_WRITER_TAG},  # run monitoring: a hung night is cancelled
         selection=dg.AssetSelection.groups("ingestion", "quality", "intelligence", "portfolio"),
         description="Nightly, for as-of session D: ingest → quality → features → regime → forecasts → "
         "decay → lifecycle → candidates → scenarios → auction → CVaR → order proposals for D+1.",
@@ -80,12 +83,13 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     refit_job = dg.define_asset_job(
         "model_refit_job",
         selection=dg.AssetSelection.groups("models").upstream(),
+        tags=WAREHOUSE_WRITER_TAG,
         description="Refit the forecast models on history up to D (their fit date). Own job, own cadence.",
         executor_def=dg.in_process_executor,
     )
     reporting_job = dg.define_asset_job(
         "reporting_job",
-        tags={"dagster/max_runtime": 1800},
+        tags={"dagster/max_runtime": 1800, **WAREHOUSE_WRITER_TAG},
         selection=dg.AssetSelection.groups("reporting", "reporting_staging"),
         description="Ledger snapshot → dbt marts + tests → governance report and §J4 metrics for session D.",
         executor_def=dg.in_process_executor,

@@ -462,7 +462,8 @@ def audit_head(context: dg.AssetExecutionContext, ledger: LedgerResource) -> dg.
 
 intraday_execution_job = dg.define_asset_job(
     "intraday_execution_job",
-    tags={"dagster/max_runtime": 1800},  # run monitoring cancels a hung execution (issue 10)
+    # run monitoring cancels a hung execution (issue 10); one warehouse writer at a time (issue 15)
+    tags={"dagster/max_runtime": 1800, "ais/warehouse": "main"},
     selection=dg.AssetSelection.groups("execution"),
     partitions_def=as_of_partitions,
     executor_def=dg.in_process_executor,

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from ais_pipelines.bars_cache import run_bars
 from ais_pipelines.config import Policies
 from ais_pipelines.core import decay as decay_core
 from ais_pipelines.core import features as features_core
@@ -15,7 +16,7 @@ from ais_pipelines.core import forecasts as forecasts_core
 from ais_pipelines.core import regime as regime_core
 from ais_pipelines.core.lifecycle import LifecycleParams, LifecycleState, Performance, Stage, step_lifecycle
 from ais_pipelines.core.strategies import StrategyDef, generate_candidates
-from ais_pipelines.warehouse import read_bars, read_table, replace_partition
+from ais_pipelines.warehouse import read_table, replace_partition
 from assets._common import md_table
 from assets.partitions import as_of_partitions, partition_as_of
 from assets.quality import data_quality, read_quality
@@ -39,8 +40,8 @@ def forecast_params(pol: Policies) -> forecasts_core.ForecastParams:
     )
 
 
-def universe_bars(con, pol: Policies, as_of: pd.Timestamp) -> pd.DataFrame:
-    return read_bars(con, [i.symbol for i in pol.universe.symbols], end=as_of)
+def universe_bars(con, pol: Policies, as_of: pd.Timestamp, run_id: str) -> pd.DataFrame:
+    return run_bars(con, run_id, [i.symbol for i in pol.universe.symbols], end=as_of)
 
 
 # --- features -----------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def market_features(context: dg.AssetExecutionContext, policies: PoliciesResourc
                     warehouse: DuckDBResource) -> dg.MaterializeResult:
     pol, as_of = policies.load(), partition_as_of(context)
     with warehouse.get_connection() as con:
-        bars = universe_bars(con, pol, as_of)
+        bars = universe_bars(con, pol, as_of, context.run_id)
         feats = features_core.compute_market_features(bars, as_of)
         replace_partition(con, "market_features", feats, "as_of", as_of.date())
     return dg.MaterializeResult(metadata={
@@ -84,12 +85,16 @@ def regime_probabilities(context: dg.AssetExecutionContext, policies: PoliciesRe
     with warehouse.get_connection() as con:
         quality = read_quality(con, as_of)
         valid = set(quality.loc[quality["status"] == "VALID", "symbol"]) if not quality.empty else set()
-        bars = read_bars(con, [s for s in stocks if s in valid], end=as_of)
+        bars = run_bars(con, context.run_id, [s for s in stocks if s in valid], end=as_of)
         closes = bars.pivot(index="date", columns="symbol", values="adj_close").sort_index()
         index = regime_core.build_market_index(closes)
         returns = index.pct_change().dropna()
         previous = _previous_fit(con, as_of)
-        outcome = regime_core.fit_regime_model(returns, seed=cfg.seed, previous=previous, min_obs=cfg.min_obs)
+        outcome = None
+        if previous is not None and not regime_core.refit_due(previous, returns, cfg.refit_every_sessions):
+            outcome = regime_core.filter_regime_model(returns, previous)
+        if outcome is None:
+            outcome = regime_core.fit_regime_model(returns, seed=cfg.seed, previous=previous, min_obs=cfg.min_obs)
         inputs = regime_core.regime_inputs(index, np.log(closes).diff(), as_of)
         inputs |= macro_inputs_as_of(con, pol, as_of, inputs.get("vix_proxy", float("nan")))  # issue 16
         snap = regime_core.regime_snapshot(
@@ -99,7 +104,7 @@ def regime_probabilities(context: dg.AssetExecutionContext, policies: PoliciesRe
         row["transition_json"] = json.dumps(np.asarray(outcome.fit.P).tolist()) if outcome.fit else "null"
         row["index_symbols"] = len(closes.columns)
         replace_partition(con, "regime_probabilities", pd.DataFrame([row]), "as_of", as_of.date())
-        if outcome.fit is not None and not outcome.is_fallback:
+        if outcome.fit is not None and not outcome.is_fallback and outcome.refitted:
             replace_partition(con, "regime_fits", pd.DataFrame([{"fit_json": json.dumps(outcome.fit.to_dict())}]),
                               "as_of", as_of.date())
         beliefs = outcome.filtered.rename_axis("date").reset_index()
@@ -117,6 +122,7 @@ def regime_probabilities(context: dg.AssetExecutionContext, policies: PoliciesRe
         "derisk": bool(snap["derisk"]),
         "reduce_only": bool(snap["reduce_only"]),
         "fail_closed": bool(snap["fail_closed"]),
+        "refitted": outcome.refitted,
         "reason_codes": ";".join(snap["reason_codes"]) or "none",
         "vix_level": float(np.nan_to_num(snap.get("vix_level", np.nan))),  # issue 16
         "vix_source": str(snap.get("vix_source")),
@@ -176,7 +182,7 @@ def forecast_models(context: dg.AssetExecutionContext, policies: PoliciesResourc
                     warehouse: DuckDBResource) -> dg.MaterializeResult:
     pol, as_of = policies.load(), partition_as_of(context)
     with warehouse.get_connection() as con:
-        bars = universe_bars(con, pol, as_of)
+        bars = universe_bars(con, pol, as_of, context.run_id)
         models = forecasts_core.fit_models(bars, as_of, forecast_params(pol), regime_labels=_labels(con, as_of))
         rows = pd.DataFrame([{"model": m.name, "model_version": m.version, "model_json": m.to_json()}
                              for m in models])
@@ -203,7 +209,7 @@ def forecasts(context: dg.AssetExecutionContext, policies: PoliciesResource,
     pol, as_of = policies.load(), partition_as_of(context)
     params = forecast_params(pol)
     with warehouse.get_connection() as con:
-        bars = universe_bars(con, pol, as_of)
+        bars = universe_bars(con, pol, as_of, context.run_id)
         models = load_models(con, as_of)
         regime = read_regime(con, as_of)
         probs = {r: float(regime[f"belief_{r.lower()}"]) for r in regime_core.REGIMES}
@@ -233,7 +239,7 @@ def model_decay_metrics(context: dg.AssetExecutionContext, policies: PoliciesRes
     pol, as_of = policies.load(), partition_as_of(context)
     params = forecast_params(pol)
     with warehouse.get_connection() as con:
-        bars = universe_bars(con, pol, as_of)
+        bars = universe_bars(con, pol, as_of, context.run_id)
         models = load_models(con, as_of)
         table = decay_core.decay_metrics(bars, as_of, models, params.decay, horizon=params.horizon)
         replace_partition(con, "model_decay_metrics", table.drop(columns=["date"], errors="ignore"), "as_of",

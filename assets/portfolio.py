@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from ais_pipelines.bars_cache import run_bars
 from ais_pipelines.config import Policies
 from ais_pipelines.core import auction as auction_core
 from ais_pipelines.core import cvar as cvar_core
@@ -16,7 +17,7 @@ from ais_pipelines.core import impact as impact_core
 from ais_pipelines.core.auction_inputs import auction_inputs, book_nav
 from ais_pipelines.core.features import session_aligned_log_returns
 from ais_pipelines.core.scenarios import Scenarios, scenario_returns
-from ais_pipelines.warehouse import read_bars, read_table, replace_partition
+from ais_pipelines.warehouse import read_table, replace_partition
 from assets._common import md_table
 from assets.intelligence import read_regime, strategy_candidates
 from assets.partitions import as_of_partitions, partition_as_of
@@ -100,7 +101,7 @@ def scenario_returns_asset(context: dg.AssetExecutionContext, policies: Policies
     with warehouse.get_connection() as con:
         quality = read_quality(con, as_of)
         valid = sorted(quality.loc[quality["status"] == ELIGIBLE, "symbol"])
-        bars = read_bars(con, valid, end=as_of)
+        bars = run_bars(con, context.run_id, valid, end=as_of)
         rets = session_aligned_log_returns(bars, as_of, risk.scenario_lookback)
         belief = None
         if risk.scenario_weighting == "regime":

@@ -6,12 +6,13 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from ais_pipelines.bars_cache import run_bars
 from ais_pipelines.config import Policies
 from ais_pipelines.core.data_health import HealthLimits, assess_data_health, describe_breaches
 from ais_pipelines.core.quality import QualityParams, assess_quality, unavailable_quality_rows
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
-from ais_pipelines.warehouse import read_bars, read_table, replace_partition
+from ais_pipelines.warehouse import read_table, replace_partition
 from assets._common import md_table, schema_check, symbols_md
 from assets.ingestion import daily_bars
 from assets.partitions import as_of_partitions, partition_as_of
@@ -69,7 +70,7 @@ def data_quality(
         run_id = latest_ingestion(con, as_of)
         if run_id is None:
             raise dg.Failure(f"no ingestion covers {as_of.date()}: materialize raw_daily_bars first")
-        bars = read_bars(con, [i.symbol for i in universe.symbols], end=as_of)
+        bars = run_bars(con, context.run_id, [i.symbol for i in universe.symbols], end=as_of)
         rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
         rejects = rejects[rejects["symbol"].isin(universe.asset_classes)] if not rejects.empty else rejects
         params = quality_params(pol)
@@ -223,13 +224,16 @@ def data_quality_schema(context: dg.AssetCheckExecutionContext, warehouse: DuckD
     "report for governance.",
 )
 def data_quality_report(
-    policies: PoliciesResource, warehouse: DuckDBResource, runtime: RuntimeResource
+    context: dg.AssetExecutionContext, policies: PoliciesResource, warehouse: DuckDBResource,
+    runtime: RuntimeResource,
 ) -> dg.MaterializeResult:
     from ais_pipelines.reports.data_docs import data_docs_from_warehouse
 
     out = runtime.reports_dir() / "data_docs"
+    pol = policies.load()
     with warehouse.get_connection() as con:
-        result = data_docs_from_warehouse(con, policies.load(), out)
+        bars = run_bars(con, context.run_id, [i.symbol for i in pol.universe.symbols])
+        result = data_docs_from_warehouse(con, pol, out, bars=bars)
     rows = pd.DataFrame([{"suite": k, **v} for k, v in result.suites.items()])
     return dg.MaterializeResult(
         metadata={

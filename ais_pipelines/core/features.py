@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.signal import lfilter
 
+from ais_pipelines.core.correlation import corr_sums, self_pairs
 from ais_pipelines.core.reason_codes import ReasonCode, codes_str
 
 REQUIRED_BAR_COLUMNS = ("symbol", "date", "open", "high", "low", "close", "volume")
@@ -268,6 +268,8 @@ def ewma_variance(r: np.ndarray, lam: float, min_obs: int) -> np.ndarray:
     the start-up weight (lam^n) is below 1e-7 and it is the textbook recursion. Uses only
     returns up to t (point in time); NaN until ``min_obs`` returns exist.
     """
+    from scipy.signal import lfilter  # scipy.signal costs ~2 s to import: only in the run that filters
+
     valid = np.isfinite(r)
     sq = np.where(valid, r * r, 0.0)
     num = lfilter([1.0], [1.0, -lam], sq, axis=1)
@@ -380,22 +382,19 @@ def _avg_corr(panel: Panel, r: np.ndarray, window: int, min_obs: int) -> np.ndar
     udates, inv = np.unique(panel.dates[rows, cols], return_inverse=True)
     wide = np.full((len(udates), n_sym), np.nan)
     wide[inv, rows] = r[rows, cols]
-    for i in np.flatnonzero(has_window):
-        idx = np.searchsorted(udates, dw[i])
-        x = wide[idx]  # (window, S) on symbol i's own dates
-        xi = x[:, i : i + 1]
-        m = np.isfinite(x)
-        cnt = m.sum(axis=0)
+    # Symbols with the same window dates (one calendar, current bars) share one pass: every
+    # column's correlation sums against all symbols on those dates (core.correlation, O(N·T)).
+    members = np.flatnonzero(has_window)
+    keys = dw[members].view(np.int64)
+    _, group_of = np.unique(keys, axis=0, return_inverse=True)
+    for g in range(int(group_of.max()) + 1):
+        own = members[group_of.ravel() == g]
+        x = wide[np.searchsorted(udates, dw[own[0]])]  # (window, S) on these symbols' dates
+        sums, counts = corr_sums(x[:, own], x, min_obs)
+        self_ok = self_pairs(x[:, own], min_obs)
+        n = counts - self_ok
         with np.errstate(invalid="ignore", divide="ignore"):
-            mx = np.where(m, xi, 0.0).sum(axis=0) / cnt
-            my = np.where(m, x, 0.0).sum(axis=0) / cnt
-            dx = np.where(m, xi - mx, 0.0)
-            dy = np.where(m, x - my, 0.0)
-            corr = (dx * dy).sum(axis=0) / np.sqrt((dx * dx).sum(axis=0) * (dy * dy).sum(axis=0))
-        ok = (cnt >= min_obs) & np.isfinite(corr)
-        ok[i] = False
-        if ok.any():
-            out[i] = corr[ok].mean()
+            out[own] = np.where(n > 0, (sums - self_ok) / n, np.nan)
     return out
 
 

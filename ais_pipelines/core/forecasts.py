@@ -70,7 +70,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ais_pipelines.core.decay import DecayParams, decay_metrics
 from ais_pipelines.core.features import (
@@ -520,6 +519,8 @@ def distribution_stats(
 ) -> dict[str, np.ndarray]:
     """p_loss, var_95, cvar_95 (positive loss fractions), ci_low, ci_high for R ~ mu + sigma Z,
     Z a unit-variance Student-t(nu) (or standard normal with ``tail="normal"``)."""
+    from scipy import stats  # heavy import, kept off the code-location load path
+
     mu = np.asarray(mu, dtype="float64")
     sigma = np.asarray(sigma, dtype="float64")
     a = 1.0 - params.cvar_alpha  # lower-tail probability

@@ -38,12 +38,12 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ais_pipelines.core.correlation import mean_pairwise_corr
 from ais_pipelines.core.reason_codes import ReasonCode
 
 REGIMES: tuple[str, str, str] = ("NORMAL", "VOLATILE", "CRISIS")
@@ -181,6 +181,7 @@ class RegimeFitOutcome:
     reason_codes: tuple[ReasonCode, ...] = ()
     is_fallback: bool = False
     detail: str = ""  # why a fresh fit was rejected, for the audit record
+    refitted: bool = True  # False: filtered nightly with a stored fit (refit on its cadence)
 
     @property
     def failed(self) -> bool:
@@ -429,6 +430,32 @@ def fit_regime_model(
     )
 
 
+def refit_due(previous: RegimeFit | None, returns: pd.Series, every_sessions: int) -> bool:
+    """A fresh fit is due when there is no fit yet, or ``every_sessions`` new returns have come
+    in since the fit's last observation (the declared cadence); otherwise the night only filters."""
+    if previous is None:
+        return True
+    clean = _clean_returns(returns)
+    new = int((clean.index > pd.Timestamp(previous.fit_end)).sum())
+    return new >= every_sessions
+
+
+def filter_regime_model(returns: pd.Series, fit: RegimeFit) -> RegimeFitOutcome | None:
+    """The nightly step between refits: filtered probabilities on the returns up to D with the
+    parameters of ``fit`` (no optimisation). ``None`` when the data cannot be filtered (non-finite
+    or too short): the caller then fits, which records why."""
+    clean = _clean_returns(returns)
+    y = clean.to_numpy()
+    if len(y) == 0 or not np.all(np.isfinite(y)):
+        return None
+    try:
+        probs = _refilter(fit, clean)
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError, RuntimeError):
+        return None
+    return RegimeFitOutcome(fit=fit, filtered=probs, refitted=False,
+                            detail=f"filtered with the fit through {fit.fit_end} (refit on its cadence)")
+
+
 # --------------------------------------------------------------------------------------------
 # Probability flow (§C2)
 # --------------------------------------------------------------------------------------------
@@ -503,13 +530,8 @@ def exposure_scale(
 
 
 def _avg_pairwise_corr(window: pd.DataFrame, min_periods: int) -> float:
-    ok = window.loc[:, window.notna().sum() >= min_periods]
-    if ok.shape[1] < 2:
-        return float("nan")
-    C = ok.corr(min_periods=min_periods).to_numpy()
-    vals = [C[i, j] for i, j in combinations(range(C.shape[0]), 2)]
-    vals = [v for v in vals if np.isfinite(v)]
-    return float(np.mean(vals)) if vals else float("nan")
+    """Mean of the upper triangle of ``window.corr(min_periods=…)``, finite pairs only, in O(N·T)."""
+    return mean_pairwise_corr(window.to_numpy(dtype=np.float64), min_periods)
 
 
 def _garch_vix(log_ret: pd.Series, horizon: int = 21, window: int = 1260) -> float:
@@ -667,6 +689,7 @@ def regime_snapshot(
 
     row["fit_is_fallback"] = outcome.is_fallback
     row["fit_detail"] = outcome.detail
+    row["fit_refitted"] = outcome.refitted
     if fit is not None:
         row.update(
             {

@@ -98,12 +98,13 @@ def build_data_docs(
     return DataDocsResult(index_path=out_dir / "index.html", success=ok, suites=suites)
 
 
-def data_docs_from_warehouse(con, policies, out_dir: Path) -> DataDocsResult:
-    """The report over what the warehouse holds now (latest quality partition)."""
+def data_docs_from_warehouse(con, policies, out_dir: Path, bars: pd.DataFrame | None = None) -> DataDocsResult:
+    """The report over what the warehouse holds now (latest quality partition); ``bars``: the
+    universe's bars when the caller has read them already."""
     from ais_pipelines.warehouse import read_bars, read_table
 
-    universe = [i.symbol for i in policies.universe.symbols]
-    bars = read_bars(con, universe)
+    if bars is None:
+        bars = read_bars(con, [i.symbol for i in policies.universe.symbols])
     quality = read_table(con, "data_quality")
     if not quality.empty:
         quality = quality[quality["as_of"] == quality["as_of"].max()].reset_index(drop=True)

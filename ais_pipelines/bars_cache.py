@@ -1,0 +1,61 @@
+"""Bars read once per run: the nightly steps (quality, features, regime, forecasts, decay,
+scenarios, data docs) all read the canonical bars table; in one run process they now share one
+read and filter it in memory (the bars table was read ~8 times a night).
+
+The entry is keyed by run id, database file and row count, so a new run, another warehouse or
+a write by another process reads afresh; within a run the bars are written (``daily_bars``)
+before any reader runs (every reader depends on it). One entry only: a process holds the bars
+of the run it is executing, never a history of runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+import duckdb
+import pandas as pd
+
+from ais_pipelines.warehouse import BAR_COLUMNS, read_bars, table_exists
+
+_entry: tuple[tuple[str, str, int], pd.DataFrame] | None = None
+
+
+def _key(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[str, str, int]:
+    # fetchall: a half-read result would block the connection's next statement
+    dbs = con.execute("SELECT file FROM pragma_database_list WHERE name = current_database()").fetchall()
+    rows = con.execute("SELECT count(*) FROM bars").fetchall()
+    return run_id, str(dbs[0][0] if dbs else ""), int(rows[0][0] if rows else 0)
+
+
+def run_bars(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    symbols: Sequence[str] | None = None,
+    *,
+    end: date | pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """``read_bars(con, symbols, end=end)`` (same rows, order and columns), from the run's one read."""
+    global _entry
+    if not table_exists(con, "bars"):
+        return pd.DataFrame(columns=BAR_COLUMNS)
+    key = _key(con, run_id)
+    if _entry is None or _entry[0] != key:
+        _entry = None  # drop the previous run's frame before reading the next
+        _entry = (key, read_bars(con))
+    frame = _entry[1]
+    keep = None
+    if symbols is not None:
+        keep = frame["symbol"].isin(list(symbols)).to_numpy()
+    if end is not None:
+        before = (frame["date"] <= pd.Timestamp(end)).to_numpy()
+        keep = before if keep is None else keep & before
+    if keep is not None and not keep.any():
+        return read_bars(con, symbols, end=end)  # nothing selected: the empty frame exactly as read
+    out = frame.copy() if keep is None else frame.loc[keep]
+    return out.reset_index(drop=True)
+
+
+def clear() -> None:
+    global _entry
+    _entry = None

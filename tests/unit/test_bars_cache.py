@@ -1,0 +1,63 @@
+"""One bars read per run, filtered in memory: the same frames as read_bars, re-read when stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from ais_pipelines import bars_cache
+from ais_pipelines.warehouse import read_bars, upsert_bars
+
+
+def _bars(symbols: list[str], dates: pd.DatetimeIndex) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    n = len(symbols) * len(dates)
+    c = 100 + rng.normal(0, 1, n).cumsum()
+    return pd.DataFrame({
+        "symbol": np.repeat(symbols, len(dates)), "date": np.tile(dates, len(symbols)),
+        "open": c, "high": c + 1, "low": c - 1, "close": c, "volume": 1e6, "adj_close": c,
+        "asset_class": "STOCKS", "provider": "sample",
+    })
+
+
+@pytest.fixture
+def con(tmp_path: Path):
+    bars_cache.clear()
+    c = duckdb.connect(str(tmp_path / "w.duckdb"))
+    upsert_bars(c, _bars(["MSFT", "AAPL", "BTC/USD"], pd.bdate_range("2024-01-01", periods=30)), "r0")
+    yield c
+    c.close()
+    bars_cache.clear()
+
+
+def test_run_bars_equal_read_bars(con) -> None:
+    end = pd.Timestamp("2024-01-25")
+    for symbols, e in ((None, None), (["AAPL", "BTC/USD", "NOPE"], None), (None, end), (["MSFT"], end), ([], end)):
+        pd.testing.assert_frame_equal(bars_cache.run_bars(con, "run-1", symbols, end=e),
+                                      read_bars(con, symbols, end=e))
+
+
+def test_one_read_per_run_and_fresh_after_a_write_or_a_new_run(con, monkeypatch) -> None:
+    reads: list[int] = []
+    real = bars_cache.read_bars
+
+    def counting(c, *a, **k):
+        reads.append(1)
+        return real(c, *a, **k)
+
+    monkeypatch.setattr(bars_cache, "read_bars", counting)
+    for _ in range(3):
+        bars_cache.run_bars(con, "run-1", ["AAPL"], end=pd.Timestamp("2024-01-10"))
+    assert len(reads) == 1
+    upsert_bars(con, _bars(["NVDA"], pd.bdate_range("2024-01-01", periods=5)), "r1")  # another writer
+    assert "NVDA" in set(bars_cache.run_bars(con, "run-1")["symbol"])
+    bars_cache.run_bars(con, "run-2")
+    assert len(reads) == 3
+    # callers may mutate what they get: the shared frame is not theirs
+    got = bars_cache.run_bars(con, "run-2")
+    got.loc[:, "close"] = -1.0
+    assert (bars_cache.run_bars(con, "run-2")["close"] > 0).all()
