@@ -8,8 +8,9 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.core.calendars import last_n_sessions
+from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import CanonicalBarsSchema
-from ais_pipelines.ingestion import ingest_universe
+from ais_pipelines.ingestion import ingest_universe, row_accounting
 from ais_pipelines.warehouse import fetch_one, read_bars, read_table, upsert_bars
 from assets._common import md_table, schema_check
 from resources.clock import ClockResource
@@ -72,10 +73,13 @@ def raw_daily_bars(
         con.register("staging_in", bars.assign(run_id=context.run_id))
         con.execute(f"CREATE OR REPLACE TABLE {STAGING_TABLE} AS SELECT * FROM staging_in")
         con.unregister("staging_in")
-        from ais_pipelines.warehouse import append_rows
+        from ais_pipelines.warehouse import append_rows, ensure_table
 
+        ensure_table(con, "bar_rejects")
+        ensure_table(con, "ingestion_log")
         append_rows(con, "bar_rejects", outcome.rejects.assign(run_id=context.run_id, ingested_at=stamp))
         append_rows(con, "ingestion_log", outcome.log.assign(run_id=context.run_id, ingested_at=stamp, as_of=end))
+    accounting = row_accounting(outcome.log, outcome.bars, outcome.rejects)
 
     failed = outcome.log[outcome.log["status"] != "OK"]
     if outcome.bars.empty:
@@ -97,6 +101,10 @@ def raw_daily_bars(
             "symbols_failed": len(failed),
             "rows_valid": len(outcome.bars),
             "rows_rejected": len(outcome.rejects),
+            "rows_read": accounting.read,
+            "rows_stored": accounting.stored,
+            "rows_accounted": accounting.balanced,
+            "history_first_date": str(outcome.bars["date"].min().date()),
             "raw_archive": dg.MetadataValue.path(str(archive)),
             "failed_symbols": md_table(failed[["symbol", "provider", "reason_code", "detail"]]),
             "rejects_by_reason": md_table(by_reason),
@@ -116,6 +124,27 @@ def raw_bars_schema(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         frame = frame.drop(columns=["run_id"])
         frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
     return schema_check(CanonicalBarsSchema, frame, what="staging_bars (this run)")
+
+
+@dg.asset_check(asset=raw_daily_bars, blocking=True,
+                description="Every row read is stored or rejected with a reason code: read = stored + rejected.")
+def rows_accounted(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    run_id = context.run.run_id
+    with warehouse.get_connection() as con:
+        log = read_table(con, "ingestion_log", "run_id = ?", [run_id])
+        rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
+        staged = int(fetch_one(con, f"SELECT count(*) FROM {STAGING_TABLE} WHERE run_id = ?", [run_id])[0])
+    acc = row_accounting(log, pd.DataFrame(index=range(staged)), rejects)
+    return dg.AssetCheckResult(
+        passed=acc.balanced,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "reason_code": "none" if acc.balanced else str(ReasonCode.ROWS_UNACCOUNTED),
+            "rows_read": acc.read, "rows_stored": acc.stored, "rows_rejected": acc.rejected,
+            "unaccounted": acc.read - acc.stored - acc.rejected,
+            "unbalanced_symbols": ", ".join(acc.unbalanced_symbols) or "none",
+        },
+    )
 
 
 @dg.asset(

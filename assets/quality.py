@@ -33,6 +33,7 @@ def quality_params(pol: Policies) -> QualityParams:
         weights=dict(q.score.weights),
         invalid_below=q.score.invalid_below,
         min_valid_sessions=q.history.min_valid_sessions,
+        window_sessions=q.history.fetch_sessions,
     )
 
 

@@ -4,10 +4,13 @@ Every symbol seen in the canonical bars or in the rejects gets one row of the da
 table for an as-of session D. Only data dated on or before D is looked at, so a backfill
 reproduces exactly what the system knew on D.
 
-**Window.** A symbol's window runs from its first observed date (the earliest valid bar or
-dated reject) to D, counted in sessions of the symbol's exchange calendar
-(``expected_sessions``). A late listing therefore has a short history, not missing data; a
-feed that stops early has its tail counted as missing.
+**Window.** A symbol's window runs from its first valid bar to D, counted in sessions of the
+symbol's exchange calendar (``expected_sessions``), and spans at most the last
+``window_sessions`` sessions (``fetch_sessions`` in ``policies/quality.yaml``; ``None`` = the
+whole stored history). Rejects dated before the window start are not counted (they stay in
+``bar_rejects``); a symbol without any valid bar starts at its first dated reject. A late
+listing therefore has a short history, not missing data; a feed that stops early has its tail
+counted as missing.
 
 **Counts.** ``valid_sessions``: sessions in the window with a valid bar; ``observed_sessions``:
 sessions for which the feed delivered any row (valid or rejected; reject dates are read from
@@ -73,7 +76,7 @@ import numpy as np
 import pandas as pd
 
 from ais_pipelines.core.asset_classes import AssetClass, classify_symbol
-from ais_pipelines.core.calendars import calendar_name, sessions_between
+from ais_pipelines.core.calendars import calendar_name, last_n_sessions, sessions_between
 from ais_pipelines.core.reason_codes import ReasonCode, codes_str
 
 FLAGS: tuple[str, ...] = (
@@ -177,6 +180,7 @@ class QualityParams:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     invalid_below: float = 0.6
     min_valid_sessions: int = 1260
+    window_sessions: int | None = None  # None: the whole stored history is assessed
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(FLAGS)
@@ -278,12 +282,34 @@ def assess_quality(
     out["calendar"] = [calendar_name(c, calendars.get(s)) for s, c in zip(symbols, classes, strict=True)]
     sym_cal = out["calendar"].to_numpy(dtype=object)
 
-    # --- window and session counts --------------------------------------------------------
+    # --- window: [first valid bar, D], at most the last window_sessions sessions -------------
+    # Everything valid is stored; the gates judge the recent window only. The window starts at
+    # the first valid bar: a reject older than that (or outside the window) adds no missing
+    # sessions (it is still in bar_rejects, with its reason code).
+    lo = np.full(n_sym, np.iinfo(np.int64).min, dtype=np.int64)
+    if params.window_sessions:
+        for cal in sorted(set(sym_cal.tolist())):
+            start = last_n_sessions(cal, as_of_ts, params.window_sessions)[0]
+            lo[sym_cal == cal] = pd.Timestamp(start).as_unit("ns").value
+    in_win = b_date.view("int64") >= lo[b_code]
+    if not in_win.all():
+        b, b_code, b_date = b.loc[in_win].reset_index(drop=True), b_code[in_win], b_date[in_win]
+    first_valid = np.full(n_sym, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_valid, b_code, b_date.view("int64"))
     dated = ~np.isnat(rj_day)
+    # A symbol without any valid bar keeps its rejects of the window (they are its only evidence).
+    start_of = np.where(first_valid != np.iinfo(np.int64).max, first_valid, lo)
+    rj_keep = ~dated | (rj_day.view("int64") >= start_of[rj_code])
+    rj = rj.loc[rj_keep].reset_index(drop=True)
+    rj_code, rj_day, dated = rj_code[rj_keep], rj_day[rj_keep], dated[rj_keep]
+
+    # --- session counts -------------------------------------------------------------------
     obs = pd.DataFrame(
         {"code": np.r_[b_code, rj_code[dated]], "date": np.r_[b_date, rj_day[dated]]}
     ).drop_duplicates()
-    first = obs.groupby("code")["date"].min().reindex(range(n_sym))
+    # Window start: the first valid bar; a symbol with none starts at its first dated reject.
+    first = pd.Series(b_date).groupby(b_code).min().reindex(range(n_sym))
+    first = first.fillna(obs.groupby("code")["date"].min().reindex(range(n_sym)))
     out["first_date"] = first.to_numpy()
     out["last_date"] = pd.Series(b_date).groupby(b_code).max().reindex(range(n_sym)).to_numpy()
     expected = np.zeros(n_sym, dtype=np.int64)

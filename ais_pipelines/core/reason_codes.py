@@ -157,6 +157,14 @@ class ReasonCode(StrEnum):
     STALE_RUN_RELEASED = "STALE_RUN_RELEASED"
     USAGE_ERROR = "USAGE_ERROR"
     DATA_HEALTH_BREACH = "DATA_HEALTH_BREACH"  # issue 17: a mostly bad feed is a system fault
+    # --- real history and data quality (issue 13) ------------------------------------------
+    AFTER_AS_OF = "AFTER_AS_OF"
+    ROWS_UNACCOUNTED = "ROWS_UNACCOUNTED"
+    UNADJUSTED_SPLIT = "UNADJUSTED_SPLIT"
+    SPLIT_ADJUSTED = "SPLIT_ADJUSTED"
+    DIVIDEND_ADJUSTED = "DIVIDEND_ADJUSTED"
+    ZERO_BAR = "ZERO_BAR"
+    # --- end issue 13 ------------------------------------------------------------------------
 
 
 def codes_str(codes: list[ReasonCode] | tuple[ReasonCode, ...]) -> str:

@@ -532,3 +532,29 @@ def test_unavailable_symbols_get_typed_invalid_rows_that_concat_cleanly() -> Non
     both = pd.concat([q, absent], ignore_index=True)
     assert validate_frame(DataQualitySchema, both) == []
     assert validate_frame(DataQualitySchema, both.drop(columns="as_of")) == []
+
+
+# --- issue 13: the window is [first valid bar, D], at most window_sessions long -------------
+
+
+def test_an_old_reject_does_not_move_the_window_start_back() -> None:
+    # The measured bug: a reject 1,000 sessions before the first valid bar opened the window
+    # there, and the symbol came out INVALID_DATA with ~1,000 phantom missing sessions.
+    bars = _bars("AAPL", XNYS[1000:2300], _walk(1300))
+    rej = _rejects([("AAPL", _day(0), ReasonCode.NON_POSITIVE_PRICE), ("AAPL", _day(2000), ReasonCode.MISSING_VALUE)])
+    r = _one(assess_quality(bars, rej, XNYS[2299]), "AAPL")
+    assert r["first_date"] == XNYS[1000]
+    assert (r["expected_sessions"], r["missing_sessions"], r["non_positive_prices"], r["rejected_rows"]) == (
+        1300, 0, 0, 1)
+    assert (r["status"], r["data_quality_score"]) == ("VALID", 1.0)
+
+
+def test_window_sessions_limits_the_assessed_window_to_the_last_n_sessions() -> None:
+    keep = np.ones(2300, dtype=bool)
+    keep[100:600] = False  # a 500-session hole long before the window
+    bars = _bars("AAPL", XNYS[:2300][keep], _walk(2300)[keep])
+    whole = _one(assess_quality(bars, NO_REJECTS, XNYS[2299]), "AAPL")
+    assert (whole["expected_sessions"], whole["missing_sessions"]) == (2300, 500)
+    r = _one(assess_quality(bars, NO_REJECTS, XNYS[2299], QualityParams(window_sessions=1320)), "AAPL")
+    assert (r["first_date"], r["expected_sessions"], r["valid_sessions"], r["missing_sessions"]) == (
+        XNYS[980], 1320, 1320, 0)
