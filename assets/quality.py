@@ -7,8 +7,9 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.config import Policies
+from ais_pipelines.core.corporate_actions import CorporateActionParams
 from ais_pipelines.core.data_health import HealthLimits, assess_data_health, describe_breaches
-from ais_pipelines.core.quality import QualityParams, assess_quality, unavailable_quality_rows
+from ais_pipelines.core.quality import QualityParams, assess, unavailable_quality_rows
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
 from ais_pipelines.warehouse import read_bars, read_table, replace_partition
@@ -29,7 +30,10 @@ def quality_params(pol: Policies) -> QualityParams:
     return QualityParams(
         spike_sigma=q.score.spike_sigma,
         stale_min_run=q.score.stale_min_run,
-        split_tolerance=q.score.split_tolerance,
+        corporate_actions=CorporateActionParams(
+            split_ratios=tuple(q.corporate_actions.split_ratios), split_tolerance=q.score.split_tolerance,
+            **q.corporate_actions.model_dump(exclude={"split_ratios"}),
+        ),
         weights=dict(q.score.weights),
         invalid_below=q.score.invalid_below,
         min_valid_sessions=q.history.min_valid_sessions,
@@ -74,7 +78,9 @@ def data_quality(
         rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
         rejects = rejects[rejects["symbol"].isin(universe.asset_classes)] if not rejects.empty else rejects
         params = quality_params(pol)
-        table = assess_quality(bars, rejects, as_of.date(), params, universe.calendars, universe.asset_classes)
+        assessed = assess(bars, rejects, as_of.date(), params, universe.calendars, universe.asset_classes)
+        table = assessed.table
+        write_flag_events(con, assessed.events, as_of)
         # Symbols the provider could not deliver at all still get a row: never silently absent.
         log = read_table(con, "ingestion_log", "run_id = ?", [run_id])
         missing = sorted(set(universe.asset_classes) - set(table["symbol"]))
@@ -91,6 +97,8 @@ def data_quality(
         replace_partition(con, HEALTH_TABLE, health.table, "as_of", as_of.date())
     counts = table["status"].value_counts().to_dict()
     worst = table.sort_values("data_quality_score").head(15)
+    by_flag = assessed.events.groupby("flag").agg(events=("symbol", "size"), symbols=("symbol", "nunique"),
+                                                  first=("session", "min"), last=("session", "max")).reset_index()
     return dg.MaterializeResult(
         metadata={
             "as_of": str(as_of.date()),
@@ -107,9 +115,23 @@ def data_quality(
             "mean_quality_drop": float(health.metrics["mean_quality_drop"]),
             "worst_symbols": md_table(worst[["symbol", "asset_class", "data_quality_score", "status",
                                              "valid_sessions", "reason_codes"]]),
+            "flag_events": len(assessed.events),
+            "flag_events_by_flag": md_table(by_flag),
             "dagster/row_count": len(table),
         }
     )
+
+
+FLAGS_TABLE = "quality_flags"
+
+
+def write_flag_events(con, events: pd.DataFrame, as_of: pd.Timestamp) -> None:
+    """Replace the as-of partition of the per-event quality table (exists even when empty)."""
+    from ais_pipelines.warehouse import ensure_table
+
+    ensure_table(con, FLAGS_TABLE)
+    frame = events.assign(session=events["session"].dt.date)
+    replace_partition(con, FLAGS_TABLE, frame, "as_of", as_of.date())
 
 
 def trailing_mean_scores(con, as_of: pd.Timestamp, n: int) -> list[float]:
