@@ -10,15 +10,14 @@ from dagster_duckdb import DuckDBResource
 from ais_pipelines.core.calendars import last_n_sessions
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import CanonicalBarsSchema
+from ais_pipelines.data_stages import STAGING_TABLE, promote_staged_bars, store_ingestion
 from ais_pipelines.ingestion import ingest_universe, row_accounting
-from ais_pipelines.warehouse import fetch_one, read_bars, read_table, upsert_bars
+from ais_pipelines.warehouse import fetch_one, read_bars, read_table
 from assets._common import md_table, schema_check
 from resources.clock import ClockResource
 from resources.market_data import MarketDataResource
 from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
-
-STAGING_TABLE = "staging_bars"
 
 
 class IngestionConfig(dg.Config):
@@ -66,20 +65,8 @@ def raw_daily_bars(
         policies=pol, providers=providers, configured_provider=configured,
         entitled=market_data.entitled(pol), end=end, archive_dir=archive, symbols=config.symbols,
     )
-    stamp = pd.Timestamp.now(tz="UTC").tz_localize(None)
     with warehouse.get_connection() as con:
-        bars = outcome.bars if not outcome.bars.empty else pd.DataFrame(columns=[
-            "symbol", "date", "open", "high", "low", "close", "volume", "adj_close", "asset_class", "provider"])
-        con.register("staging_in", bars.assign(run_id=context.run_id))
-        con.execute(f"CREATE OR REPLACE TABLE {STAGING_TABLE} AS SELECT * FROM staging_in")
-        con.unregister("staging_in")
-        from ais_pipelines.warehouse import append_rows, ensure_table
-
-        ensure_table(con, "bar_rejects")
-        ensure_table(con, "ingestion_log")
-        append_rows(con, "bar_rejects", outcome.rejects.assign(run_id=context.run_id, ingested_at=stamp))
-        append_rows(con, "ingestion_log", outcome.log.assign(run_id=context.run_id, ingested_at=stamp, as_of=end))
-    accounting = row_accounting(outcome.log, outcome.bars, outcome.rejects)
+        accounting = store_ingestion(con, outcome, context.run_id, end)
 
     failed = outcome.log[outcome.log["status"] != "OK"]
     if outcome.bars.empty:
@@ -157,16 +144,7 @@ def rows_accounted(context: dg.AssetCheckExecutionContext, warehouse: DuckDBReso
 )
 def daily_bars(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
     with warehouse.get_connection() as con:
-        staged = read_table(con, STAGING_TABLE)
-        if not staged.empty:
-            staged["date"] = pd.to_datetime(staged["date"]).astype("datetime64[ns]")
-        run_id = str(staged["run_id"].iloc[0]) if not staged.empty else context.run_id
-        stats = upsert_bars(con, staged.drop(columns=["run_id"], errors="ignore"), run_id)
-        summary = con.execute(
-            "SELECT asset_class, count(DISTINCT symbol) AS symbols, count(*) AS rows, "
-            "min(date)::DATE AS first, max(date)::DATE AS last FROM bars GROUP BY 1 ORDER BY 1"
-        ).df()
-        total = int(fetch_one(con, "SELECT count(*) FROM bars")[0])
+        stats, summary, total = promote_staged_bars(con, context.run_id)
     return dg.MaterializeResult(
         metadata={
             "rows_total": total,

@@ -16,11 +16,12 @@ from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.config import Policies
 from ais_pipelines.core.calendars import sessions_between
+from ais_pipelines.data_stages import quality_params
 from ais_pipelines.ingestion import ingest_universe, row_accounting
 from ais_pipelines.market_data.files import FilesProvider
 from ais_pipelines.market_data.sample import SampleInstrument, generate_sample_bars
 from assets.ingestion import daily_bars, raw_bars_schema, raw_daily_bars, rows_accounted
-from assets.quality import data_quality, quality_params
+from assets.quality import data_quality
 from resources.clock import ClockResource
 from resources.market_data import MarketDataResource
 from resources.policies import PoliciesResource
