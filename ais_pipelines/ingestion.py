@@ -271,18 +271,31 @@ def _normalize_all(
             return exc
         return n.bars, n.rejects
 
-    frames = [res.frame for _, _, res, _ in fetched]
-    if len(fetched) > 1 and all("symbol" in f.columns for f in frames):
-        try:
-            n = normalize_raw_bars(pd.concat(frames, ignore_index=True), source=f"{provider}:batch",
-                                   provider=provider, asset_classes=asset_classes, calendars=calendars)
-        except BarsInputError:
-            return [one(inst, res) for inst, _, res, _ in fetched]
-        bars_by = dict(tuple(n.bars.groupby("symbol", sort=False)))
-        rej_by = dict(tuple(n.rejects.groupby("symbol", sort=False)))
-        empty_b, empty_r = n.bars.iloc[0:0], n.rejects.iloc[0:0]
-        return [(bars_by.get(i.symbol, empty_b), rej_by.get(i.symbol, empty_r)) for i, _, _, _ in fetched]
-    return [one(inst, res) for inst, _, res, _ in fetched]
+    # Batch only inputs with the same columns: concatenating a file without adj_close with one
+    # that has it would make every row of the first "adj_close is missing".
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for k, (_, _, res, _) in enumerate(fetched):
+        groups.setdefault(tuple(sorted(map(str, res.frame.columns))), []).append(k)
+    out: list[tuple[pd.DataFrame, pd.DataFrame] | BarsInputError | None] = [None] * len(fetched)
+    for cols, idx in groups.items():
+        if len(idx) > 1 and "symbol" in cols:
+            try:
+                n = normalize_raw_bars(pd.concat([fetched[k][2].frame for k in idx], ignore_index=True),
+                                       source=f"{provider}:batch", provider=provider, asset_classes=asset_classes,
+                                       calendars=calendars)
+            except BarsInputError:
+                pass
+            else:
+                bars_by = dict(tuple(n.bars.groupby("symbol", sort=False)))
+                rej_by = dict(tuple(n.rejects.groupby("symbol", sort=False)))
+                empty_b, empty_r = n.bars.iloc[0:0], n.rejects.iloc[0:0]
+                for k in idx:
+                    sym = fetched[k][0].symbol
+                    out[k] = (bars_by.get(sym, empty_b), rej_by.get(sym, empty_r))
+                continue
+        for k in idx:
+            out[k] = one(fetched[k][0], fetched[k][2])
+    return [o for o in out if o is not None]
 
 
 def _log(inst: Instrument, provider: str, status: str, reason: ReasonCode | None, detail: str,
