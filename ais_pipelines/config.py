@@ -216,11 +216,47 @@ class DataHealthPolicy(_Strict):
     on_breach: Literal["REDUCING", "HALTED"]
 
 
+# --- corporate actions (issue 13) ---------------------------------------------------------
+class CorporateActionsPolicy(_Strict):
+    """Split and dividend detection (ais_pipelines/core/corporate_actions.py); the split
+    tolerance itself is ``score.split_tolerance``."""
+
+    split_ratios: list[str] = Field(default_factory=lambda: [
+        "2:1", "3:2", "3:1", "4:1", "5:1", "7:1", "10:1", "1:2", "2:3", "1:3", "1:4", "1:5", "1:7", "1:10"])
+    adjustment_tolerance: float = Field(default=0.02, gt=0, lt=0.5)
+    volume_window: int = Field(default=40, ge=1, le=250)
+    volume_skip: int = Field(default=5, ge=0, le=60)
+    volume_min_obs: int = Field(default=5, ge=1, le=250)
+    volume_band: float = Field(default=0.4, gt=0, lt=1)
+    min_dividend_yield: float = Field(default=0.0005, gt=0, lt=1)
+    max_dividend_yield: float = Field(default=0.25, gt=0, lt=1)
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios(cls, v: list[str]) -> list[str]:
+        from ais_pipelines.core.corporate_actions import parse_ratio
+
+        if not v:
+            raise ValueError("at least one split ratio is required")
+        for r in v:
+            parse_ratio(r)
+        return v
+
+    @model_validator(mode="after")
+    def _yields(self) -> CorporateActionsPolicy:
+        if self.min_dividend_yield >= self.max_dividend_yield:
+            raise ValueError(f"min_dividend_yield {self.min_dividend_yield} must be below max_dividend_yield "
+                             f"{self.max_dividend_yield}")
+        return self
+# --- end corporate actions (issue 13) -------------------------------------------------------
+
+
 class QualityPolicy(_Strict):
     history: HistoryPolicy
     score: ScorePolicy
     gate: GatePolicy = GatePolicy()
     health: DataHealthPolicy
+    corporate_actions: CorporateActionsPolicy = CorporateActionsPolicy()  # issue 13
 
 
 # --- schedules -----------------------------------------------------------------------------

@@ -112,7 +112,12 @@ def ingest_universe(
     archive_dir: Path,
     symbols: list[str] | None = None,
 ) -> IngestionOutcome:
-    """Fetch ``fetch_sessions`` sessions up to ``end`` for every universe symbol."""
+    """Fetch every universe symbol up to ``end`` and keep all it returns (§B1).
+
+    Range-based providers are asked for ``fetch_sessions`` sessions (what the quality gate
+    assesses); whatever a provider returns — a file's whole history — is normalized and every
+    row is either stored or rejected with a reason code (see :func:`row_accounting`).
+    """
     universe = policies.universe
     fetch_sessions = policies.quality.history.fetch_sessions
     instruments = [i for i in universe.symbols if symbols is None or i.symbol in symbols]
@@ -178,25 +183,36 @@ def ingest_universe(
                                      rows_received=len(res.frame), raw_path=raw_path))
                 continue
             bars, rejects = norm
-            window = bars[(bars["date"] >= pd.Timestamp(start)) & (bars["date"] <= pd.Timestamp(end))]
-            bars_parts.append(window)
+            # The whole history the provider returned is kept (the quality gate, not ingestion,
+            # decides which sessions count). Only bars after the as-of session are held back,
+            # rejected with a code: storing them would let a run as of D see the future.
+            late = (bars["date"] > pd.Timestamp(end)).to_numpy()
+            if late.any():
+                rejects = pd.concat([rejects, _after_as_of_rejects(bars[late], end, name, inst.symbol)],
+                                    ignore_index=True)
+                bars = bars[~late]
+            bars_parts.append(bars)
             reject_parts.append(rejects)
-            status = "OK" if len(window) else "FAILED"
+            status = "OK" if len(bars) else "FAILED"
             log_rows.append(_log(
-                inst, name, status, None if len(window) else ReasonCode.PROVIDER_EMPTY_RESPONSE,
-                "" if len(window) else "no valid rows in the requested window", start, end,
-                rows_received=len(res.frame), rows_valid=len(window), rows_rejected=len(rejects),
+                inst, name, status, None if len(bars) else ReasonCode.PROVIDER_EMPTY_RESPONSE,
+                "" if len(bars) else f"no valid rows on or before {end} (all {len(rejects)} rows rejected)",
+                start, end, rows_received=len(res.frame), rows_valid=len(bars), rows_rejected=len(rejects),
                 raw_path=raw_path,
             ))
 
-    # Long files may carry symbols that are not in the universe: record, never ingest.
+    # Files may carry symbols that are not in the universe: every such row is rejected (never
+    # ingested) so that rows read = rows stored + rows rejected holds for the whole directory.
     for name, provider in providers.items():
-        if name in plan and hasattr(provider, "symbols"):
+        if name in plan and hasattr(provider, "rows_of"):
             unknown = sorted(set(provider.symbols()) - set(asset_classes))  # type: ignore[attr-defined]
-            reject_parts.append(pd.DataFrame({
-                "symbol": unknown, "date": "", "reason_code": str(ReasonCode.UNKNOWN_SYMBOL),
-                "detail": "symbol is not in the universe", "source": name, "provider": name,
-            }))
+            for sym in unknown:
+                rows = provider.rows_of(sym)  # type: ignore[attr-defined]
+                reject_parts.append(pd.DataFrame({
+                    "symbol": sym, "date": rows["date"].astype(str).to_numpy() if "date" in rows else "",
+                    "reason_code": str(ReasonCode.UNKNOWN_SYMBOL),
+                    "detail": "symbol is not in the universe", "source": name, "provider": name,
+                }, index=range(len(rows))))
         if name in plan and hasattr(provider, "file_errors"):
             for err in provider.file_errors():  # type: ignore[attr-defined]
                 reject_parts.append(pd.DataFrame([{
@@ -213,6 +229,48 @@ def ingest_universe(
         name: getattr(providers[name], "lineage", {}) for name in plan
     }
     return IngestionOutcome(bars=bars, rejects=rejects, log=log, lineage=lineage, timings_s=timings)
+
+
+def _after_as_of_rejects(bars: pd.DataFrame, end: date, provider: str, symbol: str) -> pd.DataFrame:
+    return pd.DataFrame({
+        "symbol": bars["symbol"].astype(str).to_numpy(),
+        "date": bars["date"].dt.strftime("%Y-%m-%d").to_numpy(),
+        "reason_code": str(ReasonCode.AFTER_AS_OF),
+        "detail": f"dated after the as-of session {end}: stored by a run as of that date",
+        "source": f"{provider}:{symbol}", "provider": provider,
+    })
+
+
+@dataclass(frozen=True)
+class RowAccounting:
+    """Every row a provider delivered is stored or rejected: ``read == stored + rejected``."""
+
+    read: int
+    stored: int
+    rejected: int
+    unbalanced_symbols: tuple[str, ...]
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.stored + self.rejected and not self.unbalanced_symbols
+
+
+def row_accounting(log: pd.DataFrame, bars: pd.DataFrame, rejects: pd.DataFrame) -> RowAccounting:
+    """Rows read against rows stored plus rows rejected, for one ingestion run.
+
+    Read: each universe symbol's ``rows_received`` plus every row of a symbol outside the
+    universe (each rejected as UNKNOWN_SYMBOL with source = the provider's name). Whole-file
+    errors (an unreadable file) carry no rows and are not counted. ``unbalanced_symbols``
+    lists symbols whose own ``rows_received != rows_valid + rows_rejected``.
+    """
+    named = rejects[rejects["symbol"].astype(str) != ""] if len(rejects) else rejects
+    providers = set(log["provider"].astype(str)) if len(log) else set()
+    outside = int(((named["reason_code"] == str(ReasonCode.UNKNOWN_SYMBOL))
+                   & named["source"].isin(providers)).sum()) if len(named) else 0
+    read = int(log["rows_received"].sum()) + outside if len(log) else outside
+    per_symbol = (log["rows_received"] != log["rows_valid"] + log["rows_rejected"]) if len(log) else []
+    unbalanced = tuple(sorted(log.loc[per_symbol, "symbol"].astype(str))) if len(log) else ()
+    return RowAccounting(read=read, stored=len(bars), rejected=len(named), unbalanced_symbols=unbalanced)
 
 
 def _normalize_all(
@@ -232,18 +290,31 @@ def _normalize_all(
             return exc
         return n.bars, n.rejects
 
-    frames = [res.frame for _, _, res, _ in fetched]
-    if len(fetched) > 1 and all("symbol" in f.columns for f in frames):
-        try:
-            n = normalize_raw_bars(pd.concat(frames, ignore_index=True), source=f"{provider}:batch",
-                                   provider=provider, asset_classes=asset_classes, calendars=calendars)
-        except BarsInputError:
-            return [one(inst, res) for inst, _, res, _ in fetched]
-        bars_by = dict(tuple(n.bars.groupby("symbol", sort=False)))
-        rej_by = dict(tuple(n.rejects.groupby("symbol", sort=False)))
-        empty_b, empty_r = n.bars.iloc[0:0], n.rejects.iloc[0:0]
-        return [(bars_by.get(i.symbol, empty_b), rej_by.get(i.symbol, empty_r)) for i, _, _, _ in fetched]
-    return [one(inst, res) for inst, _, res, _ in fetched]
+    # Batch only inputs with the same columns: concatenating a file without adj_close with one
+    # that has it would make every row of the first "adj_close is missing".
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for k, (_, _, res, _) in enumerate(fetched):
+        groups.setdefault(tuple(sorted(map(str, res.frame.columns))), []).append(k)
+    out: list[tuple[pd.DataFrame, pd.DataFrame] | BarsInputError | None] = [None] * len(fetched)
+    for cols, idx in groups.items():
+        if len(idx) > 1 and "symbol" in cols:
+            try:
+                n = normalize_raw_bars(pd.concat([fetched[k][2].frame for k in idx], ignore_index=True),
+                                       source=f"{provider}:batch", provider=provider, asset_classes=asset_classes,
+                                       calendars=calendars)
+            except BarsInputError:
+                pass
+            else:
+                bars_by = dict(tuple(n.bars.groupby("symbol", sort=False)))
+                rej_by = dict(tuple(n.rejects.groupby("symbol", sort=False)))
+                empty_b, empty_r = n.bars.iloc[0:0], n.rejects.iloc[0:0]
+                for k in idx:
+                    sym = fetched[k][0].symbol
+                    out[k] = (bars_by.get(sym, empty_b), rej_by.get(sym, empty_r))
+                continue
+        for k in idx:
+            out[k] = one(fetched[k][0], fetched[k][2])
+    return [o for o in out if o is not None]
 
 
 def _log(inst: Instrument, provider: str, status: str, reason: ReasonCode | None, detail: str,

@@ -190,3 +190,31 @@ def read_table(
         return pd.DataFrame()
     sql = f'SELECT * FROM "{table}"' + (f" WHERE {where}" if where else "")
     return con.execute(sql, list(params)).df()
+
+
+# --- tables that must exist with their schema even when empty (issue 13) -------------------
+# Readers (dbt marts, `ais quality show`, reports) query them unconditionally: an empty night
+# must leave an empty table, not a missing one.
+TABLE_SCHEMAS: dict[str, dict[str, str]] = {
+    "bar_rejects": {
+        "symbol": "VARCHAR", "date": "VARCHAR", "reason_code": "VARCHAR", "detail": "VARCHAR",
+        "source": "VARCHAR", "provider": "VARCHAR", "run_id": "VARCHAR", "ingested_at": "TIMESTAMP",
+    },
+    "ingestion_log": {
+        "symbol": "VARCHAR", "asset_class": "VARCHAR", "calendar": "VARCHAR", "provider": "VARCHAR",
+        "status": "VARCHAR", "reason_code": "VARCHAR", "detail": "VARCHAR", "requested_start": "VARCHAR",
+        "requested_end": "VARCHAR", "rows_received": "BIGINT", "rows_valid": "BIGINT",
+        "rows_rejected": "BIGINT", "raw_path": "VARCHAR", "run_id": "VARCHAR", "ingested_at": "TIMESTAMP",
+        "as_of": "DATE",
+    },
+    "quality_flags": {
+        "as_of": "DATE", "symbol": "VARCHAR", "session": "DATE", "flag": "VARCHAR", "reason_code": "VARCHAR",
+        "value": "DOUBLE", "detail": "VARCHAR",
+    },
+}
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Create one of ``TABLE_SCHEMAS`` if it does not exist yet (no-op otherwise)."""
+    cols = ", ".join(f'"{c}" {t}' for c, t in TABLE_SCHEMAS[table].items())
+    con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({cols})')

@@ -8,16 +8,16 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.core.calendars import last_n_sessions
+from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import CanonicalBarsSchema
-from ais_pipelines.ingestion import ingest_universe
-from ais_pipelines.warehouse import fetch_one, read_bars, read_table, upsert_bars
+from ais_pipelines.data_stages import STAGING_TABLE, promote_staged_bars, store_ingestion
+from ais_pipelines.ingestion import ingest_universe, row_accounting
+from ais_pipelines.warehouse import fetch_one, read_bars, read_table
 from assets._common import md_table, schema_check
 from resources.clock import ClockResource
 from resources.market_data import MarketDataResource
 from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
-
-STAGING_TABLE = "staging_bars"
 
 
 class IngestionConfig(dg.Config):
@@ -65,17 +65,8 @@ def raw_daily_bars(
         policies=pol, providers=providers, configured_provider=configured,
         entitled=market_data.entitled(pol), end=end, archive_dir=archive, symbols=config.symbols,
     )
-    stamp = pd.Timestamp.now(tz="UTC").tz_localize(None)
     with warehouse.get_connection() as con:
-        bars = outcome.bars if not outcome.bars.empty else pd.DataFrame(columns=[
-            "symbol", "date", "open", "high", "low", "close", "volume", "adj_close", "asset_class", "provider"])
-        con.register("staging_in", bars.assign(run_id=context.run_id))
-        con.execute(f"CREATE OR REPLACE TABLE {STAGING_TABLE} AS SELECT * FROM staging_in")
-        con.unregister("staging_in")
-        from ais_pipelines.warehouse import append_rows
-
-        append_rows(con, "bar_rejects", outcome.rejects.assign(run_id=context.run_id, ingested_at=stamp))
-        append_rows(con, "ingestion_log", outcome.log.assign(run_id=context.run_id, ingested_at=stamp, as_of=end))
+        accounting = store_ingestion(con, outcome, context.run_id, end)
 
     failed = outcome.log[outcome.log["status"] != "OK"]
     if outcome.bars.empty:
@@ -97,6 +88,10 @@ def raw_daily_bars(
             "symbols_failed": len(failed),
             "rows_valid": len(outcome.bars),
             "rows_rejected": len(outcome.rejects),
+            "rows_read": accounting.read,
+            "rows_stored": accounting.stored,
+            "rows_accounted": accounting.balanced,
+            "history_first_date": str(outcome.bars["date"].min().date()),
             "raw_archive": dg.MetadataValue.path(str(archive)),
             "failed_symbols": md_table(failed[["symbol", "provider", "reason_code", "detail"]]),
             "rejects_by_reason": md_table(by_reason),
@@ -118,6 +113,27 @@ def raw_bars_schema(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     return schema_check(CanonicalBarsSchema, frame, what="staging_bars (this run)")
 
 
+@dg.asset_check(asset=raw_daily_bars, blocking=True,
+                description="Every row read is stored or rejected with a reason code: read = stored + rejected.")
+def rows_accounted(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    run_id = context.run.run_id
+    with warehouse.get_connection() as con:
+        log = read_table(con, "ingestion_log", "run_id = ?", [run_id])
+        rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
+        staged = int(fetch_one(con, f"SELECT count(*) FROM {STAGING_TABLE} WHERE run_id = ?", [run_id])[0])
+    acc = row_accounting(log, pd.DataFrame(index=range(staged)), rejects)
+    return dg.AssetCheckResult(
+        passed=acc.balanced,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "reason_code": "none" if acc.balanced else str(ReasonCode.ROWS_UNACCOUNTED),
+            "rows_read": acc.read, "rows_stored": acc.stored, "rows_rejected": acc.rejected,
+            "unaccounted": acc.read - acc.stored - acc.rejected,
+            "unbalanced_symbols": ", ".join(acc.unbalanced_symbols) or "none",
+        },
+    )
+
+
 @dg.asset(
     group_name="ingestion",
     deps=[raw_daily_bars],
@@ -128,16 +144,7 @@ def raw_bars_schema(warehouse: DuckDBResource) -> dg.AssetCheckResult:
 )
 def daily_bars(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
     with warehouse.get_connection() as con:
-        staged = read_table(con, STAGING_TABLE)
-        if not staged.empty:
-            staged["date"] = pd.to_datetime(staged["date"]).astype("datetime64[ns]")
-        run_id = str(staged["run_id"].iloc[0]) if not staged.empty else context.run_id
-        stats = upsert_bars(con, staged.drop(columns=["run_id"], errors="ignore"), run_id)
-        summary = con.execute(
-            "SELECT asset_class, count(DISTINCT symbol) AS symbols, count(*) AS rows, "
-            "min(date)::DATE AS first, max(date)::DATE AS last FROM bars GROUP BY 1 ORDER BY 1"
-        ).df()
-        total = int(fetch_one(con, "SELECT count(*) FROM bars")[0])
+        stats, summary, total = promote_staged_bars(con, context.run_id)
     return dg.MaterializeResult(
         metadata={
             "rows_total": total,

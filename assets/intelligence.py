@@ -321,8 +321,8 @@ def strategy_candidates(context: dg.AssetExecutionContext, policies: PoliciesRes
         quality = read_quality(con, as_of)
         lifecycle = read_table(con, "strategy_lifecycle", "as_of = ?", [d])
         stages = {r.strategy_id: (r.stage, float(r.effective_cap)) for r in lifecycle.itertuples()}
-        specs = [StrategyDef(s.id, s.model, s.min_signal) for s in pol.strategies.strategies]
-        cands = generate_candidates(specs, per_model, combined, feats, quality, stages)
+        specs = [StrategyDef(s.id, s.model, s.min_signal, s.inception) for s in pol.strategies.strategies]
+        cands = generate_candidates(specs, per_model, combined, feats, quality, stages, as_of=d)
         cands["asset_class"] = cands["symbol"].map(pol.universe.asset_classes).astype(str)
         cands["sector"] = cands["symbol"].map(pol.universe.sectors)
         replace_partition(con, "strategy_candidates", cands, "as_of", d)
@@ -331,6 +331,7 @@ def strategy_candidates(context: dg.AssetExecutionContext, policies: PoliciesRes
         "candidates": len(cands),
         "eligible": int((cands["status"] == "VALID").sum()),
         "by_strategy": md_table(counts),
+        "strategies_not_started": ", ".join(s.id for s in pol.strategies.strategies if s.inception > d) or "none",
         "top": md_table(cands.sort_values("mu_adj", ascending=False)[
             ["candidate_id", "mu_adj", "confidence", "status", "stage", "strategy_cap"]], max_rows=20),
     })

@@ -7,12 +7,11 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines.bars_cache import run_bars
-from ais_pipelines.config import Policies
-from ais_pipelines.core.data_health import HealthLimits, assess_data_health, describe_breaches
-from ais_pipelines.core.quality import QualityParams, assess_quality, unavailable_quality_rows
+from ais_pipelines.core.data_health import describe_breaches
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
-from ais_pipelines.warehouse import read_table, replace_partition
+from ais_pipelines.data_stages import HEALTH_TABLE, QUALITY_TABLE, NoIngestionError, assess_and_store_quality
+from ais_pipelines.warehouse import read_table
 from assets._common import md_table, schema_check, symbols_md
 from assets.ingestion import daily_bars
 from assets.partitions import as_of_partitions, partition_as_of
@@ -20,30 +19,7 @@ from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
 from resources.trading import LedgerResource
 
-QUALITY_TABLE = "data_quality"
-HEALTH_TABLE = "data_health"
 HEALTH_ACTOR = "data_health"
-
-
-def quality_params(pol: Policies) -> QualityParams:
-    q = pol.quality
-    return QualityParams(
-        spike_sigma=q.score.spike_sigma,
-        stale_min_run=q.score.stale_min_run,
-        split_tolerance=q.score.split_tolerance,
-        weights=dict(q.score.weights),
-        invalid_below=q.score.invalid_below,
-        min_valid_sessions=q.history.min_valid_sessions,
-    )
-
-
-def latest_ingestion(con, as_of: pd.Timestamp) -> str | None:
-    """The newest ingestion run whose as-of covers ``as_of`` (its rejects are the evidence)."""
-    log = read_table(con, "ingestion_log")
-    if log.empty:
-        return None
-    log = log[pd.to_datetime(log["as_of"]) >= as_of]
-    return None if log.empty else str(log.sort_values("ingested_at").iloc[-1]["run_id"])
 
 
 def read_quality(con, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -64,33 +40,17 @@ def data_quality(
     context: dg.AssetExecutionContext, policies: PoliciesResource, warehouse: DuckDBResource
 ) -> dg.MaterializeResult:
     pol = policies.load()
-    universe = pol.universe
     as_of = partition_as_of(context)
     with warehouse.get_connection() as con:
-        run_id = latest_ingestion(con, as_of)
-        if run_id is None:
-            raise dg.Failure(f"no ingestion covers {as_of.date()}: materialize raw_daily_bars first")
-        bars = run_bars(con, context.run_id, [i.symbol for i in universe.symbols], end=as_of)
-        rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
-        rejects = rejects[rejects["symbol"].isin(universe.asset_classes)] if not rejects.empty else rejects
-        params = quality_params(pol)
-        table = assess_quality(bars, rejects, as_of.date(), params, universe.calendars, universe.asset_classes)
-        # Symbols the provider could not deliver at all still get a row: never silently absent.
-        log = read_table(con, "ingestion_log", "run_id = ?", [run_id])
-        missing = sorted(set(universe.asset_classes) - set(table["symbol"]))
-        if missing:
-            reasons = {k: v for k, v in log.set_index("symbol")["reason_code"].items() if v} if not log.empty else {}
-            absent = unavailable_quality_rows(
-                missing, as_of.date(), asset_classes=universe.asset_classes, calendars=universe.calendars,
-                reason_codes=reasons, params=params,
-            )
-            table = pd.concat([table, absent], ignore_index=True)
-        replace_partition(con, QUALITY_TABLE, table, "as_of", as_of.date())
-        health = assess_data_health(table, log, trailing_mean_scores(con, as_of, pol.quality.health.trailing_sessions),
-                                    HealthLimits.from_policy(pol.quality.health), as_of.date())
-        replace_partition(con, HEALTH_TABLE, health.table, "as_of", as_of.date())
+        try:
+            run = assess_and_store_quality(con, pol, as_of, run_id=context.run_id)
+        except NoIngestionError as exc:
+            raise dg.Failure(str(exc)) from exc
+    table, health = run.table, run.health
     counts = table["status"].value_counts().to_dict()
     worst = table.sort_values("data_quality_score").head(15)
+    by_flag = run.events.groupby("flag").agg(events=("symbol", "size"), symbols=("symbol", "nunique"),
+                                                  first=("session", "min"), last=("session", "max")).reset_index()
     return dg.MaterializeResult(
         metadata={
             "as_of": str(as_of.date()),
@@ -107,20 +67,11 @@ def data_quality(
             "mean_quality_drop": float(health.metrics["mean_quality_drop"]),
             "worst_symbols": md_table(worst[["symbol", "asset_class", "data_quality_score", "status",
                                              "valid_sessions", "reason_codes"]]),
+            "flag_events": len(run.events),
+            "flag_events_by_flag": md_table(by_flag),
             "dagster/row_count": len(table),
         }
     )
-
-
-def trailing_mean_scores(con, as_of: pd.Timestamp, n: int) -> list[float]:
-    """Mean data-quality score of each of the last ``n`` assessed sessions before D (oldest first)."""
-    from ais_pipelines.warehouse import table_exists
-
-    if not table_exists(con, QUALITY_TABLE):
-        return []
-    rows = con.execute(f'SELECT as_of, avg(data_quality_score) FROM "{QUALITY_TABLE}" WHERE as_of < ? '
-                       "GROUP BY as_of ORDER BY as_of DESC LIMIT ?", [as_of.date(), n]).fetchall()
-    return [float(r[1]) for r in reversed(rows)]
 
 
 def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> dg.AssetCheckResult:

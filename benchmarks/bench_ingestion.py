@@ -23,10 +23,10 @@ import pandas as pd
 import yaml
 
 from ais_pipelines.config import DEFAULT_POLICIES_DIR, Policies
+from ais_pipelines.data_stages import quality_params
 from ais_pipelines.ingestion import ingest_universe
 from ais_pipelines.market_data.sample import synthetic_universe
 from ais_pipelines.warehouse import upsert_bars
-from assets.quality import quality_params
 from resources.market_data import sample_provider
 
 

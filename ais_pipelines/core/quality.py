@@ -4,10 +4,13 @@ Every symbol seen in the canonical bars or in the rejects gets one row of the da
 table for an as-of session D. Only data dated on or before D is looked at, so a backfill
 reproduces exactly what the system knew on D.
 
-**Window.** A symbol's window runs from its first observed date (the earliest valid bar or
-dated reject) to D, counted in sessions of the symbol's exchange calendar
-(``expected_sessions``). A late listing therefore has a short history, not missing data; a
-feed that stops early has its tail counted as missing.
+**Window.** A symbol's window runs from its first valid bar to D, counted in sessions of the
+symbol's exchange calendar (``expected_sessions``), and spans at most the last
+``window_sessions`` sessions (``fetch_sessions`` in ``policies/quality.yaml``; ``None`` = the
+whole stored history). Rejects dated before the window start are not counted (they stay in
+``bar_rejects``); a symbol without any valid bar starts at its first dated reject. A late
+listing therefore has a short history, not missing data; a feed that stops early has its tail
+counted as missing.
 
 **Counts.** ``valid_sessions``: sessions in the window with a valid bar; ``observed_sessions``:
 sessions for which the feed delivered any row (valid or rejected; reject dates are read from
@@ -73,7 +76,8 @@ import numpy as np
 import pandas as pd
 
 from ais_pipelines.core.asset_classes import AssetClass, classify_symbol
-from ais_pipelines.core.calendars import calendar_name, sessions_between
+from ais_pipelines.core.calendars import calendar_name, last_n_sessions, sessions_between
+from ais_pipelines.core.corporate_actions import CorporateActionParams, detect_corporate_actions
 from ais_pipelines.core.reason_codes import ReasonCode, codes_str
 
 FLAGS: tuple[str, ...] = (
@@ -114,7 +118,14 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 _DEGENERATE_SIGMA = 1e-12  # far below any real log-price or log-volume move: float noise
 
-DEFAULT_SPLIT_RATIOS: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 10.0, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 10)
+# Flags that are events only (dated rows of the quality_flags table and reason codes), not
+# score terms: informational corporate actions, and bars already counted elsewhere.
+EVENT_ONLY_CODES: dict[str, ReasonCode] = {
+    "SPLIT_ADJUSTED": ReasonCode.SPLIT_ADJUSTED,
+    "DIVIDEND_ADJUSTED": ReasonCode.DIVIDEND_ADJUSTED,
+    "ZERO_BAR": ReasonCode.ZERO_BAR,
+    "NEGATIVE_VOLUME": ReasonCode.NEGATIVE_VOLUME,
+}
 
 
 class DataStatus(StrEnum):
@@ -172,11 +183,11 @@ class QualityParams:
     spike_sigma: float = 6.0
     spike_min_obs: int = 20
     stale_min_run: int = 3
-    split_ratios: tuple[float, ...] = DEFAULT_SPLIT_RATIOS
-    split_tolerance: float = 0.05
+    corporate_actions: CorporateActionParams = field(default_factory=CorporateActionParams)
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     invalid_below: float = 0.6
     min_valid_sessions: int = 1260
+    window_sessions: int | None = None  # None: the whole stored history is assessed
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(FLAGS)
@@ -189,8 +200,6 @@ class QualityParams:
             raise ValueError("quality weights must be >= 0")
         if self.spike_sigma <= 0 or self.stale_min_run < 2 or not 0 <= self.invalid_below <= 1:
             raise ValueError("spike_sigma > 0, stale_min_run >= 2 and 0 <= invalid_below <= 1 are required")
-        if self.split_tolerance < 0 or any(r <= 0 for r in self.split_ratios):
-            raise ValueError("split ratios must be > 0 and split_tolerance >= 0")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> QualityParams:
@@ -205,25 +214,35 @@ class QualityParams:
                 **DEFAULT_WEIGHTS,
                 **{str(k): float(v) for k, v in kwargs["weights"].items()},
             }
-        if "split_ratios" in kwargs:
-            kwargs["split_ratios"] = tuple(float(r) for r in kwargs["split_ratios"])
+        if "corporate_actions" in kwargs and isinstance(kwargs["corporate_actions"], Mapping):
+            ca = dict(kwargs["corporate_actions"])
+            if "split_ratios" in ca:
+                ca["split_ratios"] = tuple(str(r) for r in ca["split_ratios"])
+            kwargs["corporate_actions"] = CorporateActionParams(**ca)
         return cls(**kwargs)
 
 
-def assess_quality(
+EVENT_COLUMNS: list[str] = ["symbol", "session", "flag", "reason_code", "value", "detail"]
+
+
+@dataclass(frozen=True)
+class QualityAssessment:
+    """The per-symbol table and its dated evidence: one row per flag event (``EVENT_COLUMNS``),
+    i.e. which session was missing, spiked, stale, split, … (the ``quality_flags`` table)."""
+
+    table: pd.DataFrame
+    events: pd.DataFrame
+
+
+def assess(
     bars: pd.DataFrame,
     rejects: pd.DataFrame,
     as_of: date | pd.Timestamp,
     params: QualityParams | None = None,
     calendars: Mapping[str, str] | None = None,
     asset_classes: Mapping[str, AssetClass] | None = None,
-) -> pd.DataFrame:
-    """One data-quality row per symbol (columns ``QUALITY_COLUMNS``), sorted by symbol.
-
-    ``bars`` are canonical bars, ``rejects`` the rejects of normalization. ``calendars``
-    overrides the calendar per symbol; ``asset_classes`` classifies symbols that appear only
-    in the rejects (else the deterministic classifier).
-    """
+) -> QualityAssessment:
+    """The quality table (see :func:`assess_quality`) and the dated flag events behind it."""
     params = params or QualityParams()
     calendars = calendars or {}
     asset_classes = asset_classes or {}
@@ -236,7 +255,7 @@ def assess_quality(
             {
                 "symbol": pd.Series([], dtype=str),
                 "date": pd.Series([], dtype="datetime64[ns]"),
-                **{c: pd.Series([], dtype="float64") for c in ("close", "adj_close", "volume")},
+                **{c: pd.Series([], dtype="float64") for c in ("open", "high", "low", "close", "adj_close", "volume")},
                 "asset_class": pd.Series([], dtype=str),
             }
         )
@@ -249,11 +268,12 @@ def assess_quality(
     symbols = sorted(set(bar_symbols) | set(rj["symbol"].unique().tolist()))
     out = pd.DataFrame({"symbol": pd.Series(symbols, dtype=str)})
     if not symbols:
-        return _typed(out.reindex(columns=QUALITY_COLUMNS))
+        return QualityAssessment(_typed(out.reindex(columns=QUALITY_COLUMNS)), empty_events())
     n_sym = len(symbols)
     sym_index = pd.Index(symbols)
 
-    b = bars.loc[in_window, ["date", "close", "adj_close", "volume", "asset_class"]].reset_index(drop=True)
+    b = bars.loc[in_window, ["date", "open", "high", "low", "close", "adj_close", "volume", "asset_class"]].reset_index(
+        drop=True)
     b_code = sym_index.get_indexer(raw_uniques)[raw_code] if len(raw_code) else np.array([], dtype=np.intp)
     d_int = b["date"].to_numpy(dtype="datetime64[ns]").view("int64")
     dc, dd = np.diff(b_code), np.diff(d_int)
@@ -278,23 +298,47 @@ def assess_quality(
     out["calendar"] = [calendar_name(c, calendars.get(s)) for s, c in zip(symbols, classes, strict=True)]
     sym_cal = out["calendar"].to_numpy(dtype=object)
 
-    # --- window and session counts --------------------------------------------------------
+    # --- window: [first valid bar, D], at most the last window_sessions sessions -------------
+    # Everything valid is stored; the gates judge the recent window only. The window starts at
+    # the first valid bar: a reject older than that (or outside the window) adds no missing
+    # sessions (it is still in bar_rejects, with its reason code).
+    lo = np.full(n_sym, np.iinfo(np.int64).min, dtype=np.int64)
+    if params.window_sessions:
+        for cal in sorted(set(sym_cal.tolist())):
+            start = last_n_sessions(cal, as_of_ts, params.window_sessions)[0]
+            lo[sym_cal == cal] = pd.Timestamp(start).as_unit("ns").value
+    in_win = b_date.view("int64") >= lo[b_code]
+    if not in_win.all():
+        b, b_code, b_date = b.loc[in_win].reset_index(drop=True), b_code[in_win], b_date[in_win]
+    first_valid = np.full(n_sym, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_valid, b_code, b_date.view("int64"))
     dated = ~np.isnat(rj_day)
+    # A symbol without any valid bar keeps its rejects of the window (they are its only evidence).
+    start_of = np.where(first_valid != np.iinfo(np.int64).max, first_valid, lo)
+    rj_keep = ~dated | (rj_day.view("int64") >= start_of[rj_code])
+    rj = rj.loc[rj_keep].reset_index(drop=True)
+    rj_code, rj_day, dated = rj_code[rj_keep], rj_day[rj_keep], dated[rj_keep]
+
+    # --- session counts -------------------------------------------------------------------
     obs = pd.DataFrame(
         {"code": np.r_[b_code, rj_code[dated]], "date": np.r_[b_date, rj_day[dated]]}
     ).drop_duplicates()
-    first = obs.groupby("code")["date"].min().reindex(range(n_sym))
+    # Window start: the first valid bar; a symbol with none starts at its first dated reject.
+    first = pd.Series(b_date).groupby(b_code).min().reindex(range(n_sym))
+    first = first.fillna(obs.groupby("code")["date"].min().reindex(range(n_sym)))
     out["first_date"] = first.to_numpy()
     out["last_date"] = pd.Series(b_date).groupby(b_code).max().reindex(range(n_sym)).to_numpy()
     expected = np.zeros(n_sym, dtype=np.int64)
     obs_code = obs["code"].to_numpy()
     obs_is_session = np.zeros(len(obs), dtype=bool)
     b_is_session = np.zeros(len(b_code), dtype=bool)
+    cal_sessions: dict[str, np.ndarray] = {}
     for cal in sorted(set(sym_cal.tolist())):
         in_cal = (sym_cal == cal) & first.notna().to_numpy()
         if not in_cal.any() or first[in_cal].min() > as_of_ts:
             continue
         sessions = sessions_between(cal, first[in_cal].min(), as_of_ts).to_numpy(dtype="datetime64[ns]")
+        cal_sessions[cal] = sessions
         pos = np.searchsorted(sessions, first[in_cal].to_numpy(dtype="datetime64[ns]"), side="left")
         expected[in_cal] = len(sessions) - pos
         rows = in_cal[obs_code]
@@ -312,9 +356,11 @@ def assess_quality(
     for flag, codes in _REJECT_FLAGS.items():
         hit = np.isin(rj_codes_text, [str(c) for c in codes])
         out[flag] = np.bincount(rj_code[hit], minlength=n_sym)
-    series_flags = _series_flags(b, b_code, params)
+    series_flags, ca_events = _series_flags(b, b_code, params)
     for flag, mask in series_flags.items():
-        out[flag] = np.bincount(b_code[mask], minlength=n_sym)
+        if flag in FLAGS:
+            out[flag] = np.bincount(b_code[mask], minlength=n_sym)
+    unadjusted = out["split_like_jumps"].to_numpy() > 0
 
     # --- rates, score, gates --------------------------------------------------------------
     exp = out["expected_sessions"].to_numpy(dtype=float)
@@ -332,17 +378,25 @@ def assess_quality(
     score = np.where(out["valid_sessions"].to_numpy() > 0, score, 0.0)
     out["data_quality_score"] = score
 
-    invalid = score < params.invalid_below
+    # An unadjusted split makes every return across it wrong by the split factor: invalid
+    # whatever the score, until adjusted data arrives.
+    invalid = (score < params.invalid_below) | unadjusted
     short = out["valid_sessions"].to_numpy() < params.min_valid_sessions
     out["status"] = np.where(
         invalid,
         str(DataStatus.INVALID_DATA),
         np.where(short, str(DataStatus.INSUFFICIENT_HISTORY), str(DataStatus.VALID)),
     )
+    events = _events(symbols, b, b_code, rj, rj_code, series_flags, ca_events, expected, sym_cal, cal_sessions)
     flag_present = {flag: out[flag].to_numpy() > 0 for flag in FLAGS}
+    event_codes = events.groupby("symbol")["reason_code"].agg(lambda c: set(c)).to_dict() if len(events) else {}
+    extra = {str(c) for c in EVENT_ONLY_CODES.values()}
     reason_codes = []
     for i in range(len(out)):
-        codes = [FLAG_CODES[f] for f in FLAGS if flag_present[f][i]]
+        codes: list[ReasonCode | str] = [FLAG_CODES[f] for f in FLAGS if flag_present[f][i]]
+        codes += sorted(event_codes.get(symbols[i], set()) & extra)
+        if unadjusted[i]:
+            codes.append(ReasonCode.UNADJUSTED_SPLIT)
         if invalid[i]:
             codes.append(ReasonCode.INVALID_DATA)
         if short[i]:
@@ -353,7 +407,24 @@ def assess_quality(
     out["reason_codes"] = reason_codes
     out["tradable"] = out["status"] == str(DataStatus.VALID)
     out["as_of"] = as_of_ts
-    return _typed(out[QUALITY_COLUMNS])
+    return QualityAssessment(table=_typed(out[QUALITY_COLUMNS]), events=events)
+
+
+def assess_quality(
+    bars: pd.DataFrame,
+    rejects: pd.DataFrame,
+    as_of: date | pd.Timestamp,
+    params: QualityParams | None = None,
+    calendars: Mapping[str, str] | None = None,
+    asset_classes: Mapping[str, AssetClass] | None = None,
+) -> pd.DataFrame:
+    """One data-quality row per symbol (columns ``QUALITY_COLUMNS``), sorted by symbol.
+
+    ``bars`` are canonical bars, ``rejects`` the rejects of normalization. ``calendars``
+    overrides the calendar per symbol; ``asset_classes`` classifies symbols that appear only
+    in the rejects (else the deterministic classifier). See :func:`assess` for the dated events.
+    """
+    return assess(bars, rejects, as_of, params, calendars, asset_classes).table
 
 
 def unavailable_quality_rows(
@@ -421,17 +492,19 @@ def _dated_rejects(rejects: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
             {
                 "symbol": pd.Series([], dtype=str),
                 "reason_code": pd.Series([], dtype=str),
+                "detail": pd.Series([], dtype=str),
                 "day": pd.Series([], dtype="datetime64[ns]"),
             }
         )
     # Rejects without a symbol (e.g. an unreadable file) cannot be attributed to one.
     named = rejects["symbol"].notna() & (rejects["symbol"].astype(str).str.strip() != "")
-    r = rejects.loc[named, ["symbol", "date", "reason_code"]].copy()
+    r = rejects.loc[named].reindex(columns=["symbol", "date", "reason_code", "detail"]).copy()
     r["symbol"] = r["symbol"].astype(str)
     r["reason_code"] = r["reason_code"].astype(str)
+    r["detail"] = r["detail"].fillna("").astype(str)
     prefix = r["date"].astype("str").str.slice(0, 10)
     r["day"] = pd.to_datetime(prefix, format="%Y-%m-%d", errors="coerce").astype("datetime64[ns]")
-    return r.loc[~(r["day"] > as_of), ["symbol", "reason_code", "day"]].reset_index(drop=True)
+    return r.loc[~(r["day"] > as_of), ["symbol", "reason_code", "detail", "day"]].reset_index(drop=True)
 
 
 def _robust_outliers(x: np.ndarray, code: np.ndarray, k: float, min_obs: int) -> np.ndarray:
@@ -447,48 +520,128 @@ def _robust_outliers(x: np.ndarray, code: np.ndarray, k: float, min_obs: int) ->
     return ((dev > k * sigma) & (sigma > _DEGENERATE_SIGMA) & enough).to_numpy(dtype=bool, na_value=False)
 
 
-def _near_split(ratio: np.ndarray, p: QualityParams) -> np.ndarray:
-    near = np.zeros(len(ratio), dtype=bool)
-    with np.errstate(invalid="ignore"):
-        for r in p.split_ratios:
-            near |= np.abs(ratio / r - 1.0) <= p.split_tolerance
-    return near
-
-
-def _series_flags(b: pd.DataFrame, code: np.ndarray, p: QualityParams) -> dict[str, np.ndarray]:
-    """Per-bar masks for the flags measured on the valid series (``b`` sorted by code, date)."""
-    if len(code) == 0:
-        none = np.zeros(0, dtype=bool)
-        return {"return_spikes": none, "volume_spikes": none, "stale_prices": none, "split_like_jumps": none}
-    same_sym = np.r_[False, code[1:] == code[:-1]]
+def _series_flags(b: pd.DataFrame, code: np.ndarray, p: QualityParams) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Per-bar masks for the flags measured on the valid series (``b`` sorted by code, date),
+    and the corporate-action events (``row`` indexes ``b``)."""
     close = b["close"].to_numpy(dtype=float)
     adj = b["adj_close"].to_numpy(dtype=float)
-    prev_close = np.where(same_sym, np.r_[np.nan, close[:-1]], np.nan)
-    prev_adj = np.where(same_sym, np.r_[np.nan, adj[:-1]], np.nan)
-
-    adj_ratio = adj / prev_adj
-    adj_spike = _robust_outliers(np.log(adj_ratio), code, p.spike_sigma, p.spike_min_obs)
-
+    volume = b["volume"].to_numpy(dtype=float)
     # "No adj_close of its own": normalization defaulted it to close for the whole symbol.
-    differs = np.bincount(code, weights=(adj != close).astype(float))
-    no_adj = differs[code] == 0
-    adj_normal = ~_near_split(adj_ratio, p) & ~adj_spike
-    split_like = _near_split(close / prev_close, p) & (no_adj | adj_normal)
+    differs = np.bincount(code, weights=(adj != close).astype(float)) if len(code) else np.zeros(0)
+    own_adj = differs[code] > 0 if len(code) else np.zeros(0, dtype=bool)
+    events = detect_corporate_actions(code, close, adj, volume, own_adj, p.corporate_actions)
+    if len(code) == 0:
+        none = np.zeros(0, dtype=bool)
+        return {"return_spikes": none, "volume_spikes": none, "stale_prices": none, "split_like_jumps": none,
+                "zero_bars": none}, events
+    same_sym = np.r_[False, code[1:] == code[:-1]]
+    prev_adj = np.where(same_sym, np.r_[np.nan, adj[:-1]], np.nan)
+    adj_spike = _robust_outliers(np.log(adj / prev_adj), code, p.spike_sigma, p.spike_min_obs)
+    split_like = np.zeros(len(code), dtype=bool)
+    split_like[events.loc[events["flag"] == "UNADJUSTED_SPLIT", "row"].to_numpy(dtype=np.intp)] = True
 
-    vol_spike = _robust_outliers(
-        np.log1p(np.clip(b["volume"].to_numpy(dtype=float), 0, None)), code, p.spike_sigma, p.spike_min_obs
-    )
+    vol_spike = _robust_outliers(np.log1p(np.clip(volume, 0, None)), code, p.spike_sigma, p.spike_min_obs)
 
     same_close = same_sym & (close == np.r_[np.nan, close[:-1]])
     run_id = np.cumsum(~same_close)
     run_len = np.bincount(run_id)[run_id]
     stale = same_close & (run_len >= p.stale_min_run)
+    o, h, lo = (b[c].to_numpy(dtype=float) for c in ("open", "high", "low"))
+    zero_bar = (volume == 0) & (o == h) & (h == lo) & (lo == close)
     return {
         "return_spikes": adj_spike & ~split_like,
         "volume_spikes": vol_spike,
         "stale_prices": stale,
         "split_like_jumps": split_like,
-    }
+        "zero_bars": zero_bar,
+    }, events
+
+
+def empty_events() -> pd.DataFrame:
+    return pd.DataFrame({
+        "symbol": pd.Series([], dtype=str), "session": pd.Series([], dtype="datetime64[ns]"),
+        "flag": pd.Series([], dtype=str), "reason_code": pd.Series([], dtype=str),
+        "value": pd.Series([], dtype="float64"), "detail": pd.Series([], dtype=str),
+    })
+
+
+_SERIES_EVENT: dict[str, tuple[str, ReasonCode, str]] = {
+    # flag -> (column giving the value, reason code, detail)
+    "return_spikes": ("log_return", ReasonCode.RETURN_SPIKE, "adj_close log return beyond the robust sigma limit"),
+    "volume_spikes": ("volume", ReasonCode.VOLUME_SPIKE, "log(1 + volume) beyond the robust sigma limit"),
+    "stale_prices": ("close", ReasonCode.STALE_PRICE, "close identical to the previous session's (stale run)"),
+    "zero_bars": ("volume", ReasonCode.ZERO_BAR, "no trading: volume 0 and open = high = low = close"),
+}
+_CA_FLAG: dict[str, tuple[str, ReasonCode]] = {
+    "UNADJUSTED_SPLIT": ("split_like_jumps", ReasonCode.UNADJUSTED_SPLIT),
+    "SPLIT_ADJUSTED": ("split_adjusted", ReasonCode.SPLIT_ADJUSTED),
+    "DIVIDEND_ADJUSTED": ("dividend_adjusted", ReasonCode.DIVIDEND_ADJUSTED),
+}
+_REJECT_EVENT: dict[str, str] = {
+    **{str(c): flag for flag, codes in _REJECT_FLAGS.items() for c in codes},
+    str(ReasonCode.NEGATIVE_VOLUME): "negative_volume",
+}
+
+
+def _events(
+    symbols: list[str], b: pd.DataFrame, code: np.ndarray, rj: pd.DataFrame, rj_code: np.ndarray,
+    masks: Mapping[str, np.ndarray], ca: pd.DataFrame, expected: np.ndarray,
+    sym_cal: np.ndarray, cal_sessions: Mapping[str, np.ndarray],
+) -> pd.DataFrame:
+    """Every flag as a dated event (``EVENT_COLUMNS``), sorted by symbol, session, flag."""
+    sym = np.asarray(symbols, dtype=object)
+    parts: list[pd.DataFrame] = []
+    b_date = b["date"].to_numpy(dtype="datetime64[ns]")
+
+    def add(rows_sym: np.ndarray, session: np.ndarray, flag: str, rc: ReasonCode | str,
+            value: np.ndarray | float, detail: np.ndarray | str) -> None:
+        if len(rows_sym):
+            parts.append(pd.DataFrame({"symbol": rows_sym, "session": session, "flag": flag,
+                                       "reason_code": str(rc), "value": value, "detail": detail}))
+
+    if len(code):
+        adj = b["adj_close"].to_numpy(dtype=float)
+        same = np.r_[False, code[1:] == code[:-1]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = {"log_return": np.where(same, np.log(adj / np.r_[np.nan, adj[:-1]]), np.nan),
+                      "volume": b["volume"].to_numpy(dtype=float), "close": b["close"].to_numpy(dtype=float)}
+        for flag, (col, rc, detail) in _SERIES_EVENT.items():
+            m = masks[flag]
+            add(sym[code[m]], b_date[m], flag, rc, values[col][m], detail)
+        for kind, (flag, rc) in _CA_FLAG.items():
+            e = ca[ca["flag"] == kind]
+            rows = e["row"].to_numpy(dtype=np.intp)
+            add(sym[code[rows]], b_date[rows], flag, rc, e["value"].to_numpy(), e["detail"].to_numpy(dtype=object))
+
+    dated = rj["day"].notna().to_numpy()
+    rc_text = rj["reason_code"].to_numpy(dtype=object)
+    for code_text, flag in _REJECT_EVENT.items():
+        m = dated & (rc_text == code_text)
+        add(sym[rj_code[m]], rj["day"].to_numpy(dtype="datetime64[ns]")[m], flag, code_text, np.nan,
+            rj["detail"].to_numpy(dtype=object)[m])
+
+    # Missing sessions: the expected sessions of the window without a valid bar.
+    bounds: dict[int, tuple[int, int]] = {}
+    if len(code):
+        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+        ends = np.r_[starts[1:], len(code)]
+        bounds = {int(code[a]): (int(a), int(z)) for a, z in zip(starts, ends, strict=True)}
+    for k in range(len(symbols)):
+        sessions = cal_sessions.get(sym_cal[k])
+        if sessions is None or expected[k] == 0:
+            continue
+        window = sessions[len(sessions) - expected[k]:]
+        lo, hi = bounds.get(k, (0, 0))
+        gaps = window[~np.isin(window, b_date[lo:hi])]
+        if len(gaps):
+            add(np.full(len(gaps), sym[k], dtype=object), gaps, "missing_sessions", ReasonCode.MISSING_SESSIONS,
+                np.nan, "expected session without a valid bar")
+    if not parts:
+        return empty_events()
+    ev = pd.concat(parts, ignore_index=True)
+    ev = ev.astype({"symbol": str, "flag": str, "reason_code": str, "value": "float64", "detail": str})
+    ev["session"] = pd.to_datetime(ev["session"]).astype("datetime64[ns]")
+    return ev.sort_values(["symbol", "session", "flag"], kind="stable").reset_index(drop=True)
 
 
 def _typed(out: pd.DataFrame) -> pd.DataFrame:

@@ -169,6 +169,14 @@ class ReasonCode(StrEnum):
     REASONING_REGIME_STRESS = "REASONING_REGIME_STRESS"  # memo flag: crisis probability high / CRISIS
     REASONING_DATA_QUALITY = "REASONING_DATA_QUALITY"  # memo flag: data-quality score low or flags
     REASONING_FORECAST_DISAGREEMENT = "REASONING_FORECAST_DISAGREEMENT"  # memo flag: models disagree
+    # --- real history and data quality (issue 13) ------------------------------------------
+    AFTER_AS_OF = "AFTER_AS_OF"
+    ROWS_UNACCOUNTED = "ROWS_UNACCOUNTED"
+    UNADJUSTED_SPLIT = "UNADJUSTED_SPLIT"
+    SPLIT_ADJUSTED = "SPLIT_ADJUSTED"
+    DIVIDEND_ADJUSTED = "DIVIDEND_ADJUSTED"
+    ZERO_BAR = "ZERO_BAR"
+    # --- end issue 13 ------------------------------------------------------------------------
 
 
 def codes_str(codes: list[ReasonCode] | tuple[ReasonCode, ...]) -> str:

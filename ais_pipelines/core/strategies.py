@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ class StrategyDef:
     strategy_id: str
     model: str
     min_signal: float = 0.0
+    inception: date | None = None  # point in time (issue 13): no candidate before this session
 
 
 def generate_candidates(
@@ -38,8 +40,13 @@ def generate_candidates(
     features: pd.DataFrame,
     quality: pd.DataFrame,
     stages: Mapping[str, tuple[str, float]],
+    *,
+    as_of: date | None = None,
 ) -> pd.DataFrame:
     """Candidates for every strategy whose model signal clears ``min_signal`` with μ > 0.
+
+    Point in time: a strategy whose ``inception`` is after ``as_of`` did not exist on D and
+    nominates nothing.
 
     ``stages`` maps strategy_id → (stage, effective NAV cap). Symbols that fail the data
     gates are still nominated, carrying their status, so the auction records *why* they got
@@ -51,6 +58,8 @@ def generate_candidates(
     qual = quality.set_index("symbol")[["data_quality_score", "status"]]
     parts = []
     for strat in strategies:
+        if as_of is not None and strat.inception is not None and strat.inception > as_of:
+            continue
         pm = per_model[per_model["model"] == strat.model].set_index("symbol")
         if pm.empty:
             continue

@@ -98,6 +98,11 @@ class FilesProvider:
     def symbols(self) -> set[str]:
         return set(self.index.frames)
 
+    def rows_of(self, symbol: str) -> pd.DataFrame:
+        """Every row the directory holds for ``symbol`` (used to reject rows of unknown symbols)."""
+        parts = self.index.frames.get(symbol.upper(), [])
+        return pd.concat([p for _, p in parts], ignore_index=True) if parts else pd.DataFrame(columns=["date"])
+
     def file_errors(self) -> list[FilesInputError]:
         return list(self.index.errors)
 

@@ -76,6 +76,7 @@ class GovernanceInputs:
     execution_session: date | None = None
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     data_quality: pd.DataFrame = field(default_factory=_empty)
+    quality_flags: pd.DataFrame = field(default_factory=_empty)  # issue 13: dated flag events
     regime: dict[str, Any] = field(default_factory=dict)
     regime_beliefs: pd.DataFrame = field(default_factory=_empty)
     transition: pd.DataFrame = field(default_factory=_empty)
@@ -396,6 +397,7 @@ def load_governance_inputs(
     dq = _for_as_of(con, "data_quality", d, missing)
     inputs.data_quality = dq.sort_values(["status", "data_quality_score", "symbol"]).reset_index(drop=True) \
         if not dq.empty else dq
+    inputs.quality_flags = _for_as_of(con, "quality_flags", d, missing)  # issue 13
 
     regime = _for_as_of(con, "regime_probabilities", d, missing)
     inputs.regime = regime.iloc[0].to_dict() if not regime.empty else {}
@@ -697,6 +699,37 @@ def _section_data_quality(i: GovernanceInputs) -> str:
     out.append("<h3>All symbols</h3>")
     out.append(html_table(dq, ["symbol", "asset_class", "status", "data_quality_score", "valid_sessions",
                                "reason_codes"], max_rows=200))
+    out.append(_flag_events_html(i))
+    return "".join(out)
+
+
+def _flag_events_html(i: GovernanceInputs) -> str:
+    """Issue 13: when the flags happened — a per-symbol timeline of the dated events."""
+    from ais_pipelines.reports.quality_timeline import flag_timeline
+
+    ev = i.quality_flags
+    out = ["<h3>Flag events by symbol and year</h3>"]
+    if ev.empty:
+        out.append(nothing(f"no dated flag events for {i.as_of}", _why_missing(i, "quality_flags")
+                           if "quality_flags" in i.missing_tables else "every assessed session was clean"))
+        return "".join(out)
+    out.append('<p class="note">Each count is a dated event of table <code>quality_flags</code> '
+               "(<code>ais quality show SYMBOL</code> lists them); split_adjusted and dividend_adjusted are "
+               "informational (the adjusted series is used).</p>")
+    out.append(html_table(flag_timeline(ev), max_rows=120))
+    plt = _plt()
+    symbols = sorted(ev["symbol"].astype(str).unique())
+    flags = sorted(ev["flag"].astype(str).unique())
+    fig, ax = plt.subplots(figsize=(10, max(2.0, 0.25 * len(symbols) + 1)))
+    markers = "o^sDvP*Xh<>d"
+    for k, flag in enumerate(flags):
+        e = ev[ev["flag"] == flag]
+        ax.scatter(pd.to_datetime(e["session"]), [symbols.index(str(s)) for s in e["symbol"]], s=12,
+                   marker=markers[k % len(markers)], label=flag)
+    ax.set_yticks(range(len(symbols)), symbols, fontsize=8)
+    _date_axis(ax)
+    ax.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.08))
+    out.append(_png(fig))
     return "".join(out)
 
 

@@ -166,11 +166,21 @@ def _intelligence() -> dict[str, pd.DataFrame]:
             "governance_decisions": decisions}
 
 
+def _quality_flags() -> pd.DataFrame:
+    """Dated events as the data_quality asset writes them (two conflicting rows on one session)."""
+    rows = [("JPM", date(2024, 2, 14), "missing_sessions", "MISSING_SESSIONS", None, "expected session without a valid bar"),
+            ("JPM", date(2024, 2, 14), "duplicate_dates", "CONFLICTING_DUPLICATE", None, "row 1"),
+            ("JPM", date(2024, 2, 14), "duplicate_dates", "CONFLICTING_DUPLICATE", None, "row 2"),
+            ("AAPL", date(2024, 2, 20), "split_like_jumps", "UNADJUSTED_SPLIT", 2.0, "close x0.5012 matches 2:1")]
+    return pd.DataFrame(rows, columns=["symbol", "session", "flag", "reason_code", "value", "detail"])
+
+
 def build_warehouse(path: Path) -> None:
     con = duckdb.connect(str(path))
     try:
         upsert_bars(con, _bars(), run_id="fixture")
         replace_partition(con, "data_quality", _data_quality(), "as_of", AS_OF)
+        replace_partition(con, "quality_flags", _quality_flags(), "as_of", AS_OF)
         regime, beliefs = _regime()
         replace_partition(con, "regime_probabilities", regime, "as_of", AS_OF)
         replace_partition(con, "regime_beliefs", beliefs, "as_of", AS_OF)
@@ -290,7 +300,7 @@ def test_dagster_builds_marts_and_every_dbt_test_passes(built):
     assert result.success
     keys = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"ledger_snapshot", "marts/orders", "marts/fills", "marts/positions", "marts/pnl_history",
-            "marts/data_quality", "marts/capital_allocations", "marts/governance_decisions",
+            "marts/data_quality", "marts/quality_flags", "marts/capital_allocations", "marts/governance_decisions",
             "marts/strategy_lifecycle", "marts/model_decay_metrics", "staging/stg_orders"} <= keys
     checks = result.get_asset_check_evaluations()
     names = {c.check_name for c in checks}
@@ -314,6 +324,17 @@ def test_mart_row_counts(built):
         # 2024-03-04 (fill), 2024-03-05 (close), 2024-03-06 (fills, no close yet)
         "pnl_history": 3,
     }
+
+
+def test_quality_flags_mart_dates_every_event(built):
+    fx, _ = built
+    flags = query(fx, "SELECT * FROM marts.quality_flags ORDER BY symbol, session, flag, event_seq")
+    assert flags[["symbol", "flag", "event_seq"]].values.tolist() == [
+        ["AAPL", "split_like_jumps", 1], ["JPM", "duplicate_dates", 1], ["JPM", "duplicate_dates", 2],
+        ["JPM", "missing_sessions", 1]]
+    assert flags["quality_flag_key"].is_unique and set(flags["session_year"]) == {2024}
+    assert flags.set_index("symbol").loc["AAPL", "symbol_status"] == query(
+        fx, "SELECT status FROM marts.data_quality WHERE symbol = 'AAPL'")["status"][0]
 
 
 def test_marts_explain_exclusions_allocations_and_overrides(built):

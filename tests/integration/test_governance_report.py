@@ -145,3 +145,19 @@ def test_odd_inputs_never_crash_the_report():
     html = render_governance_report(inputs)
     assert "could not be rendered" not in html
     assert "APPROVED" in html and "CRISIS" in html
+
+
+def test_data_quality_section_shows_dated_flag_events_per_symbol_and_year(materialized):
+    fx, _, _ = materialized
+    con = duckdb.connect(str(fx.warehouse), read_only=True)
+    try:
+        inputs = load_governance_inputs(con, AS_OF)
+    finally:
+        con.close()
+    html = render_governance_report(inputs)
+    section = html.split('<section id="data-quality">', 1)[1].split("</section>", 1)[0]
+    assert "Flag events by symbol and year" in section
+    text = text_of(section)
+    # JPM: two conflicting rows on 2024-02-14, one missing session; AAPL: an unadjusted split.
+    assert "JPM duplicate_dates 2 2024-02-14 2024-02-14 2" in text
+    assert "AAPL split_like_jumps 1 2024-02-20 2024-02-20 1" in text

@@ -17,6 +17,7 @@ from ais_pipelines.core.quality import (
     QUALITY_COLUMNS,
     DataStatus,
     QualityParams,
+    assess,
     assess_quality,
     unavailable_quality_rows,
 )
@@ -337,41 +338,91 @@ def _split_series(ratio: float, n: int = 60, at: int = 30) -> np.ndarray:
     return close
 
 
-def test_split_like_jump_without_adj_close_is_flagged_once() -> None:
+def _split_volume(ratio: float, n: int = 60, at: int = 30) -> np.ndarray:
+    """Share volume of a real split: the share count, and so the volume level, scales by 1/ratio."""
+    v = np.full(n, 1e6)
+    v[at:] = 1e6 / ratio
+    return v
+
+
+def test_unadjusted_split_is_flagged_once_and_makes_the_symbol_invalid() -> None:
     close = _split_series(0.5)
     assert close[30] / close[29] == pytest.approx(0.5)
-    bars = _bars("AAPL", XNYS[:60], close)
-    row = _one(assess_quality(bars, NO_REJECTS, XNYS[59]), "AAPL")
+    bars = _bars("AAPL", XNYS[:60], close, volume=_split_volume(0.5))
+    res = assess(bars, NO_REJECTS, XNYS[59], QualityParams(min_valid_sessions=60))
+    row = _one(res.table, "AAPL")
     assert (row["split_like_jumps"], row["return_spikes"]) == (1, 0)  # not double-counted
-    assert row["data_quality_score"] == pytest.approx(1 - 5.0 / 60)
-    assert "SPLIT_LIKE_JUMP" in row["reason_codes"]
+    assert row["data_quality_score"] == pytest.approx(1 - 5.0 / 60)  # a high score, yet ...
+    assert (row["status"], row["tradable"]) == ("INVALID_DATA", False)  # ... returns across it are wrong
+    assert {"SPLIT_LIKE_JUMP", "UNADJUSTED_SPLIT", "INVALID_DATA"} <= set(row["reason_codes"].split(";"))
+    ev = res.events[res.events["flag"] == "split_like_jumps"]
+    assert ev["session"].tolist() == [XNYS[30]] and ev["value"].tolist() == [2.0]
+    assert "2:1" in ev["detail"].iloc[0] and "volume level x2.00" in ev["detail"].iloc[0]
 
 
-def test_split_like_jump_in_close_with_smooth_adj_close_is_flagged() -> None:
+def test_split_absorbed_by_adj_close_uses_the_adjusted_series_and_flags_the_raw_jump() -> None:
     close = _split_series(1 / 3)
     adj = close.copy()
     adj[:30] = adj[:30] / 3  # back-adjusted: the adjusted series does not jump
-    bars = _bars("AAPL", XNYS[:60], close, adj=adj)
-    row = _one(assess_quality(bars, NO_REJECTS, XNYS[59]), "AAPL")
-    assert (row["split_like_jumps"], row["return_spikes"]) == (1, 0)
+    bars = _bars("AAPL", XNYS[:60], close, adj=adj, volume=_split_volume(1 / 3))
+    res = assess(bars, NO_REJECTS, XNYS[59], QualityParams(min_valid_sessions=60))
+    row = _one(res.table, "AAPL")
+    assert (row["split_like_jumps"], row["return_spikes"], row["data_quality_score"]) == (0, 0, 1.0)
+    assert (row["status"], row["reason_codes"]) == ("VALID", "DATA_VALID;SPLIT_ADJUSTED")
+    ev = res.events
+    assert ev[["session", "flag", "value"]].values.tolist() == [[XNYS[30], "split_adjusted", 3.0]]
 
 
-def test_jump_also_in_adj_close_is_a_return_spike_not_a_split() -> None:
+def test_jump_also_in_adj_close_without_a_volume_jump_is_a_return_spike_not_a_split() -> None:
     close = _split_series(0.5)
-    bars = _bars("AAPL", XNYS[:60], close, adj=close * 0.9)  # own adj_close, same -50 % move
+    bars = _bars("AAPL", XNYS[:60], close, adj=close * 0.9)  # own adj_close, same -50 % move, flat volume
     row = _one(assess_quality(bars, NO_REJECTS, XNYS[59]), "AAPL")
     assert (row["split_like_jumps"], row["return_spikes"]) == (0, 1)
     assert row["data_quality_score"] == pytest.approx(1 - 2.0 / 60)
 
 
 @pytest.mark.parametrize(
-    ("ratio", "split_like"), [(2.0, 1), (2.09, 1), (0.52, 1), (0.53, 0), (1.5, 0), (10.4, 1)]
+    ("ratio", "factor"),
+    [(2.0, 0.5), (2.09, 0.5), (0.52, 2.0), (0.549, 2.0), (0.45, 2.0), (1 / 1.5, 1.5), (1.5, 2 / 3), (0.14, 7.0),
+     (10.4, 0.1), (0.40, None), (0.42, None), (0.80, None)],
 )
-def test_split_tolerance(ratio: float, split_like: int) -> None:
-    bars = _bars("AAPL", XNYS[:60], _split_series(ratio))
+def test_standard_ratios_with_a_tolerance_for_the_days_own_move(ratio: float, factor: float | None) -> None:
+    # 0.549: the measured real 2:1 split (+9.8 % on the day) the old 5 % tolerance missed.
+    bars = _bars("AAPL", XNYS[:60], _split_series(ratio), volume=_split_volume(ratio))
+    res = assess(bars, NO_REJECTS, XNYS[59])
+    row = _one(res.table, "AAPL")
+    assert row["split_like_jumps"] == (factor is not None)
+    assert row["return_spikes"] == (factor is None)  # a non-split jump of this size is a spike
+    if factor is not None:
+        assert res.events.loc[res.events["flag"] == "split_like_jumps", "value"].tolist() == [pytest.approx(factor)]
+
+
+def test_a_crash_matching_a_ratio_is_not_a_split_when_the_volume_burst_decays() -> None:
+    # The measured false positive: a -52 % day (0.48, 4 % from 2:1) flagged as a split.
+    n, at = 120, 60
+    close = _split_series(0.48, n, at)
+    volume = np.full(n, 1e6)
+    volume[at:at + 10] = 1e6 * np.linspace(8, 1.2, 10)  # panic volume that fades within two weeks
+    row = _one(assess_quality(_bars("CRSH", XNYS[:n], close, volume=volume), NO_REJECTS, XNYS[n - 1]), "CRSH")
+    assert (row["split_like_jumps"], row["return_spikes"]) == (0, 1)
+    assert "UNADJUSTED_SPLIT" not in row["reason_codes"]
+
+
+def test_split_ratio_without_volume_evidence_fails_closed() -> None:
+    bars = _bars("AAPL", XNYS[:60], _split_series(0.5), volume=0.0)
     row = _one(assess_quality(bars, NO_REJECTS, XNYS[59]), "AAPL")
-    assert row["split_like_jumps"] == split_like
-    assert row["return_spikes"] == 1 - split_like  # a non-split jump of this size is a spike
+    assert (row["split_like_jumps"], row["status"]) == (1, "INVALID_DATA")
+
+
+def test_dividend_revealed_by_adj_close_is_an_event_with_its_yield() -> None:
+    close = _walk(60)
+    adj = close.copy()
+    adj[:40] = adj[:40] * (1 - 0.02)  # a 2 % distribution going ex on session 40
+    res = assess(_bars("DIV", XNYS[:60], close, adj=adj), NO_REJECTS, XNYS[59])
+    ev = res.events
+    assert ev[["session", "flag"]].values.tolist() == [[XNYS[40], "dividend_adjusted"]]
+    assert ev["value"].iloc[0] == pytest.approx(0.02)
+    assert "DIVIDEND_ADJUSTED" in _one(res.table, "DIV")["reason_codes"]
 
 
 # --- score and gates ----------------------------------------------------------------------
@@ -441,7 +492,8 @@ def test_history_gate_at_1260_sessions(n: int, status: str) -> None:
 
 def test_row_order_of_the_input_does_not_matter() -> None:
     bars = pd.concat(
-        [_bars("B", XNYS[:300], _split_series(0.5, 300, 100)), _bars("A", XNYS[:300], _walk(300))]
+        [_bars("B", XNYS[:300], _split_series(0.5, 300, 100), volume=_split_volume(0.5, 300, 100)),
+         _bars("A", XNYS[:300], _walk(300))]
     )
     q1 = assess_quality(bars, NO_REJECTS, XNYS[299])
     q2 = assess_quality(bars.sample(frac=1.0, random_state=7), NO_REJECTS, XNYS[299])
@@ -465,20 +517,18 @@ def test_columnless_empty_bars_and_unattributable_rejects() -> None:
 
 def test_params_defaults_and_policy_mapping() -> None:
     p = QualityParams()
-    assert (p.spike_sigma, p.stale_min_run, p.split_tolerance, p.invalid_below, p.min_valid_sessions) == (
-        6.0,
-        3,
-        0.05,
-        0.6,
-        1260,
-    )
-    assert sorted(p.split_ratios) == sorted([2, 3, 4, 5, 10, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 10])
+    assert (p.spike_sigma, p.stale_min_run, p.invalid_below, p.min_valid_sessions, p.window_sessions) == (
+        6.0, 3, 0.6, 1260, None)
+    ca = p.corporate_actions
+    assert sorted(ca.share_factors) == sorted([2, 1.5, 3, 4, 5, 7, 10, 1 / 2, 2 / 3, 1 / 3, 1 / 4, 1 / 5, 1 / 7, 1 / 10])
     assert p.weights == DEFAULT_WEIGHTS and set(p.weights) == set(FLAGS)
     q = QualityParams.from_mapping(
-        {"spike_sigma": 5, "weights": {"volume_spikes": 0.25}, "split_ratios": [2, 0.5]}
+        {"spike_sigma": 5, "weights": {"volume_spikes": 0.25}, "corporate_actions": {"split_ratios": ["2:1", "1:2"]}}
     )
     assert (q.spike_sigma, q.weights["volume_spikes"], q.weights["split_like_jumps"]) == (5, 0.25, 5.0)
-    assert q.split_ratios == (2.0, 0.5)
+    assert q.corporate_actions.share_factors.tolist() == [2.0, 0.5]
+    with pytest.raises(ValueError, match="'2-1'"):
+        QualityParams.from_mapping({"corporate_actions": {"split_ratios": ["2-1"]}})
     with pytest.raises(ValueError, match="unknown flags"):
         QualityParams(weights={**DEFAULT_WEIGHTS, "bogus": 1.0})
     with pytest.raises(ValueError, match="unknown quality parameters"):
@@ -532,3 +582,29 @@ def test_unavailable_symbols_get_typed_invalid_rows_that_concat_cleanly() -> Non
     both = pd.concat([q, absent], ignore_index=True)
     assert validate_frame(DataQualitySchema, both) == []
     assert validate_frame(DataQualitySchema, both.drop(columns="as_of")) == []
+
+
+# --- issue 13: the window is [first valid bar, D], at most window_sessions long -------------
+
+
+def test_an_old_reject_does_not_move_the_window_start_back() -> None:
+    # The measured bug: a reject 1,000 sessions before the first valid bar opened the window
+    # there, and the symbol came out INVALID_DATA with ~1,000 phantom missing sessions.
+    bars = _bars("AAPL", XNYS[1000:2300], _walk(1300))
+    rej = _rejects([("AAPL", _day(0), ReasonCode.NON_POSITIVE_PRICE), ("AAPL", _day(2000), ReasonCode.MISSING_VALUE)])
+    r = _one(assess_quality(bars, rej, XNYS[2299]), "AAPL")
+    assert r["first_date"] == XNYS[1000]
+    assert (r["expected_sessions"], r["missing_sessions"], r["non_positive_prices"], r["rejected_rows"]) == (
+        1300, 0, 0, 1)
+    assert (r["status"], r["data_quality_score"]) == ("VALID", 1.0)
+
+
+def test_window_sessions_limits_the_assessed_window_to_the_last_n_sessions() -> None:
+    keep = np.ones(2300, dtype=bool)
+    keep[100:600] = False  # a 500-session hole long before the window
+    bars = _bars("AAPL", XNYS[:2300][keep], _walk(2300)[keep])
+    whole = _one(assess_quality(bars, NO_REJECTS, XNYS[2299]), "AAPL")
+    assert (whole["expected_sessions"], whole["missing_sessions"]) == (2300, 500)
+    r = _one(assess_quality(bars, NO_REJECTS, XNYS[2299], QualityParams(window_sessions=1320)), "AAPL")
+    assert (r["first_date"], r["expected_sessions"], r["valid_sessions"], r["missing_sessions"]) == (
+        XNYS[980], 1320, 1320, 0)

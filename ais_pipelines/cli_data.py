@@ -1,0 +1,223 @@
+"""``ais ingest`` and ``ais quality show``: your own files through ingestion and quality (issue 13).
+
+In process, no Dagster executor: the same stage functions the ``raw_daily_bars``,
+``daily_bars`` and ``data_quality`` assets call (``ais_pipelines/data_stages.py``). Heavy
+imports live inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import typer
+
+LATEST = "latest"
+
+
+def _runtime() -> Path:
+    return Path(os.environ.get("AIS_RUNTIME_DIR", "runtime")).resolve()
+
+
+def _warehouse_path() -> Path:
+    return Path(os.environ.get("AIS_WAREHOUSE", str(_runtime() / "warehouse.duckdb")))
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def universe_from_files(symbols: list[str], calendar: str | None, name: str) -> dict:
+    """A universe of every symbol found in the files, classified by spelling (BTC/USD is
+    crypto, EUR/USD FX, anything else a stock), on ``calendar`` when given."""
+    from ais_pipelines.core.asset_classes import classify_symbol
+
+    rows = []
+    for s in sorted(symbols):
+        row: dict = {"symbol": s, "asset_class": str(classify_symbol(s))}
+        if calendar:
+            row["calendar"] = calendar
+        rows.append(row)
+    return {"name": name, "symbols": rows}
+
+
+def ingest(
+    provider: str = typer.Option("files", help="Only 'files' (a directory of CSV/Parquet files) for now."),
+    directory: Path = typer.Option(..., "--dir", exists=False, help="Directory of CSV or Parquet bars files."),
+    universe: Path = typer.Option(None, help="Universe YAML (like policies/universe.yaml). Default: every symbol "
+                                  "found in the files, classified by spelling."),
+    calendar: str = typer.Option(None, help="Exchange calendar for every symbol of the derived universe "
+                                 "(e.g. XNYS, XPHS, XLON, 24/7, 24/5)."),
+    as_of: str = typer.Option(LATEST, "--as-of", help="As-of session D (YYYY-MM-DD), or 'latest': the last "
+                              "session the data holds."),
+) -> None:
+    """Ingest your own files and assess their quality as of D: every row is stored or rejected
+    with a reason code; prints a per-symbol summary (rows, window, score, status, reasons)."""
+    import duckdb
+    import pandas as pd
+    import yaml
+
+    from ais_pipelines.config import Policies
+    from ais_pipelines.data_stages import assess_and_store_quality, promote_staged_bars, store_ingestion
+    from ais_pipelines.ingestion import ingest_universe
+    from ais_pipelines.market_data.files import FilesProvider
+
+    if provider != "files":
+        raise _fail(f"--provider {provider!r}: only 'files' is supported by `ais ingest` (the nightly job "
+                    "serves the network providers)", 2)
+    if not directory.is_dir():
+        raise _fail(f"--dir {directory}: not a directory", 2)
+    if as_of != LATEST:
+        try:
+            as_of_ts = pd.Timestamp(as_of).normalize()
+        except ValueError:
+            raise _fail(f"--as-of {as_of!r}: expected YYYY-MM-DD or 'latest'", 2) from None
+    t0 = time.perf_counter()
+    root = _runtime()
+    run_id = f"ingest-{uuid.uuid4().hex[:12]}"
+    files = FilesProvider(directory)
+    typer.echo(f"[1/4] reading {directory} …")
+    found = sorted(files.symbols())
+    for err in files.file_errors():
+        typer.echo(f"      unusable file: {err} [{err.reason_code}]")
+    if not found:
+        raise _fail(f"no usable bars file in {directory} (CSV/Parquet with date, open, high, low, close, volume)")
+    typer.echo(f"      {len(found)} symbols in {len(list(directory.rglob('*.*')))} files")
+    if universe is None:
+        uni_file = root / "ingest" / f"universe-{directory.resolve().name}.yaml"
+        uni_file.parent.mkdir(parents=True, exist_ok=True)
+        uni_file.write_text(yaml.safe_dump(universe_from_files(found, calendar, f"files:{directory.name}"),
+                                           sort_keys=False))
+        typer.echo(f"      universe: the {len(found)} symbols found (written to {uni_file})")
+    else:
+        uni_file = universe
+    pol = Policies(os.environ.get("AIS_POLICIES_DIR"), universe_file=uni_file)
+    try:
+        pol.universe  # noqa: B018 - validate now, with the file's own error message
+    except Exception as exc:  # noqa: BLE001 - the policy loader names file, key and value
+        raise _fail(f"universe {uni_file}: {exc}", 2) from None
+
+    end = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() if as_of == LATEST else as_of_ts
+    typer.echo(f"[2/4] normalizing and validating (rows dated after {end.date()} are rejected) …")
+    outcome = ingest_universe(policies=pol, providers={"files": files}, configured_provider="files",
+                              entitled=frozenset({"files"}), end=end.date(), archive_dir=root / "raw" / run_id)
+    if outcome.bars.empty:
+        reasons = outcome.log.groupby("reason_code").size().to_dict()
+        raise _fail(f"no symbol has a valid bar on or before {end.date()}: {reasons}. "
+                    "Check the dates (a later --as-of?) and the rejects listed by `ais quality show SYMBOL`.")
+    d = pd.Timestamp(outcome.bars["date"].max()) if as_of == LATEST else end
+    typer.echo(f"[3/4] storing into {_warehouse_path()} …")
+    con = duckdb.connect(str(_warehouse_path()))
+    try:
+        acc = store_ingestion(con, outcome, run_id, end.date())
+        stats, _, _ = promote_staged_bars(con, run_id)
+        typer.echo(f"      rows read {acc.read:,} = stored {acc.stored:,} + rejected {acc.rejected:,}"
+                   f"{'' if acc.balanced else '  (UNBALANCED: ROWS_UNACCOUNTED)'}; "
+                   f"{stats.inserted:,} new, {stats.updated:,} changed")
+        typer.echo(f"[4/4] assessing data quality as of {d.date()} …")
+        run = assess_and_store_quality(con, pol, d)
+        models = _has_model(con, d)
+    finally:
+        con.close()
+    summary = _summary(outcome.log, run.table, run.events)
+    typer.echo("")
+    typer.echo(summary.to_string(index=False))
+    counts = run.table["status"].value_counts().to_dict()
+    typer.echo(f"\nAs of {d.date()}: {len(run.table)} symbols — {counts.get('VALID', 0)} VALID, "
+               f"{counts.get('INVALID_DATA', 0)} INVALID_DATA, {counts.get('INSUFFICIENT_HISTORY', 0)} "
+               f"INSUFFICIENT_HISTORY; {len(run.events):,} dated flag events ({time.perf_counter() - t0:.1f} s).")
+    typer.echo("Flag events of a symbol: ais quality show SYMBOL")
+    if not models:
+        typer.echo(f"No forecast model is fitted on or before {d.date()}: before the nightly job for {d.date()}, "
+                   f"run model_refit_job for partition {d.date()} (Dagster UI, or `ais demo` for the sample market).")
+    if not acc.balanced:
+        raise typer.Exit(1)
+
+
+def _has_model(con, as_of) -> bool:
+    from ais_pipelines.warehouse import fetch_one, table_exists
+
+    if not table_exists(con, "forecast_models"):
+        return False
+    return bool(fetch_one(con, "SELECT count(*) FROM forecast_models WHERE fit_date <= ?", [as_of.date()])[0])
+
+
+def _summary(log, table, events):
+    """One line per symbol: rows, window, score, status, reasons and event counts."""
+    import pandas as pd
+
+    q = table.set_index("symbol")
+    lg = log.set_index("symbol")
+    n_events = events.groupby("symbol").size() if len(events) else pd.Series(dtype=int)
+    rows = []
+    for s in sorted(q.index):
+        r = q.loc[s]
+        rows.append({
+            "symbol": s,
+            "read": int(lg.loc[s, "rows_received"]) if s in lg.index else 0,
+            "stored": int(lg.loc[s, "rows_valid"]) if s in lg.index else 0,
+            "rejected": int(lg.loc[s, "rows_rejected"]) if s in lg.index else 0,
+            "window": f"{pd.Timestamp(r['first_date']).date()}..{pd.Timestamp(r['last_date']).date()}"
+            if pd.notna(r["first_date"]) else "-",
+            "score": round(float(r["data_quality_score"]), 3),
+            "status": r["status"],
+            "events": int(n_events.get(s, 0)),
+            "reason_codes": r["reason_codes"],
+        })
+    return pd.DataFrame(rows)
+
+
+def quality_show(
+    symbol: str = typer.Argument(..., help="Symbol, e.g. AAPL or BTC/USD."),
+    as_of: str = typer.Option(None, "--as-of", help="As-of session (default: the latest assessed)."),
+    limit: int = typer.Option(200, help="Events listed at most (the timeline counts them all)."),
+) -> None:
+    """A symbol's data-quality row and its dated flag events (table quality_flags)."""
+    import duckdb
+    import pandas as pd
+
+    from ais_pipelines.reports.quality_timeline import flag_timeline, symbol_events
+    from ais_pipelines.warehouse import fetch_one, read_table, table_exists
+
+    db = _warehouse_path()
+    if not db.exists():
+        raise _fail(f"no warehouse at {db}: run `ais ingest` or the nightly job first [WAREHOUSE_MISSING]")
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        if not table_exists(con, "data_quality"):
+            raise _fail("the warehouse has no data-quality assessment yet: run `ais ingest` first")
+        d = pd.Timestamp(as_of).date() if as_of else fetch_one(con, "SELECT max(as_of) FROM data_quality")[0]
+        q = read_table(con, "data_quality", "as_of = ? AND upper(symbol) = upper(?)", [d, symbol])
+        events = read_table(con, "quality_flags", "as_of = ? AND upper(symbol) = upper(?)", [d, symbol]) \
+            if table_exists(con, "quality_flags") else pd.DataFrame()
+    finally:
+        con.close()
+    if q.empty:
+        raise _fail(f"{symbol}: not assessed as of {d}")
+    r = q.iloc[0]
+    typer.echo(f"{r['symbol']} as of {d}: {r['status']}, score {float(r['data_quality_score']):.3f} "
+               f"({r['reason_codes']}); {int(r['valid_sessions'])} valid of {int(r['expected_sessions'])} "
+               f"expected sessions from {pd.Timestamp(r['first_date']).date() if pd.notna(r['first_date']) else '-'}")
+    if events.empty:
+        typer.echo("No dated flag events.")
+        return
+    timeline = flag_timeline(events).drop(columns=["symbol"])
+    typer.echo("\nTimeline (events per year):")
+    typer.echo(timeline.to_string(index=False))
+    ev = symbol_events(events, symbol)
+    ev["session"] = pd.to_datetime(ev["session"]).dt.date
+    typer.echo(f"\nEvents ({len(ev)}{f', first {limit} shown' if len(ev) > limit else ''}):")
+    typer.echo(ev.head(limit).to_string(index=False))
+
+
+def register(app: typer.Typer) -> None:
+    """Mount ``ais ingest`` and ``ais quality show`` (on the existing ``quality`` group)."""
+    app.command("ingest")(ingest)
+    quality = next((g.typer_instance for g in app.registered_groups if g.name == "quality"), None)
+    if quality is None:
+        quality = typer.Typer(help="Data quality.", no_args_is_help=True)
+        app.add_typer(quality, name="quality")
+    quality.command("show")(quality_show)
