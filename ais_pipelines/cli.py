@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import typer
 
-from ais_pipelines.config import REPO_ROOT, Policies
+from ais_pipelines.cli_support import (  # noqa: F401  (re-exported for cli_<topic> modules)
+    QUIET_LOGS,
+    ensure_dagster_home,
+    parse_session,
+    runtime_dir,
+    warehouse_path,
+    where_everything_is,
+)
 
+# Light by design (issue 14): this module, cli_support and every mounted cli_<topic> module import
+# no Dagster, dbt or Great Expectations at module level; commands import what they run.
 app = typer.Typer(help="AIS Pipelines operations. Add --debug to any command for a traceback on error.",
                   no_args_is_help=True, add_completion=False)
 quality_app = typer.Typer(help="Data quality.", no_args_is_help=True)
 policies_app = typer.Typer(help="Declarative policies.", no_args_is_help=True)
 app.add_typer(quality_app, name="quality")
 app.add_typer(policies_app, name="policies")
-
-
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def runtime_dir() -> Path:
-    return Path(os.environ.get("AIS_RUNTIME_DIR", "runtime")).resolve()
-
-
-def ensure_dagster_home() -> Path:
-    """A project-local DAGSTER_HOME (git-ignored) with telemetry off."""
-    home = Path(os.environ.get("DAGSTER_HOME") or runtime_dir() / "dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    cfg = home / "dagster.yaml"
-    if not cfg.exists():
-        shutil.copy(REPO_ROOT / "dagster.yaml", cfg)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
 
 
 @app.command()
@@ -44,6 +34,7 @@ def demo() -> None:
     import dagster as dg
 
     from ais_pipelines.cli_ops import ensure_dev_signing_key, execute
+    from ais_pipelines.config import Policies
     from ais_pipelines.core.calendars import last_n_sessions
     from ais_pipelines.definitions import build_definitions
 
@@ -123,12 +114,13 @@ def quality_report(out: Path = typer.Option(None, help="Output directory for the
     """Write the Great Expectations Data Docs for what the warehouse holds now."""
     import duckdb
 
+    from ais_pipelines.config import Policies
     from ais_pipelines.reports.data_docs import data_docs_from_warehouse
 
     root = runtime_dir()
-    db = Path(os.environ.get("AIS_WAREHOUSE", root / "warehouse.duckdb"))
+    db = warehouse_path(root)
     if not db.exists():
-        typer.echo(f"No warehouse at {db}: run `make demo` (or the nightly job) first.", err=True)
+        typer.echo(f"WAREHOUSE_MISSING: no warehouse at {db}; run `make demo` (or the nightly job) first", err=True)
         raise typer.Exit(2)
     out_dir = out or root / "reports" / "data_docs"
     con = duckdb.connect(str(db), read_only=True)
@@ -143,7 +135,8 @@ def quality_report(out: Path = typer.Option(None, help="Output directory for the
 
 @app.command()
 def report(
-    as_of: str = typer.Option(None, "--as-of", help="As-of session YYYY-MM-DD (default: the latest assessed)."),
+    as_of: str = typer.Option(None, "--as-of", help="As-of session YYYY-MM-DD (default: the latest assessed).",
+                              callback=parse_session),
     out: Path = typer.Option(None, help="Output directory (default: runtime/reports/governance)."),
     snapshot: bool = typer.Option(True, help="Copy the ledger into the warehouse first (needs its write lock)."),
 ) -> None:
@@ -154,12 +147,14 @@ def report(
     from ais_pipelines.reports.ledger_copy import snapshot_ledger
 
     root = runtime_dir()
-    db = Path(os.environ.get("AIS_WAREHOUSE", root / "warehouse.duckdb"))
+    db = warehouse_path(root)
     if not db.exists():
-        typer.echo(f"No warehouse at {db}: run `make demo` (or the nightly job) first.", err=True)
+        typer.echo(f"WAREHOUSE_MISSING: no warehouse at {db}; run `make demo` (or the nightly job) first", err=True)
         raise typer.Exit(2)
     if snapshot:
-        url = os.environ.get("AIS_LEDGER_URL") or f"sqlite:///{root / 'ledger.sqlite'}"
+        from ais_pipelines.cli_support import ledger_url
+
+        url = ledger_url(root)
         copied = snapshot_ledger(url, db)
         typer.echo(f"Ledger snapshot: {copied.rows.get('ledger_orders', 0)} orders, "
                    f"{copied.rows.get('ledger_fills', 0)} fills")
@@ -181,6 +176,7 @@ def report(
 def policies_validate(directory: Path = typer.Option(None, help="Policies directory.")) -> None:
     """Validate every policy file, the rules between them and each environment's combined
     overlay (local, ci, prod). One line per problem naming file, key and value; exit 1 on any."""
+    from ais_pipelines.config import Policies
     from ais_pipelines.execution import ENVIRONMENTS
 
     policies = Policies(directory)
@@ -194,9 +190,11 @@ def policies_validate(directory: Path = typer.Option(None, help="Policies direct
                f"environments {', '.join(ENVIRONMENTS)}")
 
 
-from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (mounts review/trading/audit/execute)
+# Command modules, one mount line each (light imports only: heavy ones inside the commands).
+from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (review/trading/audit/key/paths/execute)
 
 _register_ops(app)
+
 
 def main() -> None:
     """The console entry point: private files (umask 077) and one-line errors (``--debug``: traceback)."""

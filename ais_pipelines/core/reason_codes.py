@@ -157,6 +157,12 @@ class ReasonCode(StrEnum):
     STALE_RUN_RELEASED = "STALE_RUN_RELEASED"
     USAGE_ERROR = "USAGE_ERROR"
     DATA_HEALTH_BREACH = "DATA_HEALTH_BREACH"  # issue 17: a mostly bad feed is a system fault
+    # --- operator commands (issue 14) ---------------------------------------------------------
+    REVIEW_ITEM_NOT_FOUND = "REVIEW_ITEM_NOT_FOUND"
+    REVIEW_ALREADY_DECIDED = "REVIEW_ALREADY_DECIDED"
+    OVERRIDE_UNJUSTIFIED = "OVERRIDE_UNJUSTIFIED"
+    NOT_A_SESSION = "NOT_A_SESSION"
+    # --- end issue 14 ---------------------------------------------------------------------------
 
 
 def codes_str(codes: list[ReasonCode] | tuple[ReasonCode, ...]) -> str:
