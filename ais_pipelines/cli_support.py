@@ -12,6 +12,7 @@ import os
 import shutil
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -127,3 +128,68 @@ def parse_session(value: str | None) -> str | None:
         raise SessionError(f"{day} ({ts:%A}) is not an {AS_OF_CALENDAR} session; the previous one is "
                            f"{before:%Y-%m-%d}, the next {after:%Y-%m-%d}", param_hint="--as-of")
     return str(day)
+
+
+# --------------------------------------------------------------------------------------------
+# quiet output: one line per stage, the libraries' output in a log file
+
+
+# Known, harmless library warnings printed at every import of the code location (Dagster's
+# preview/beta markers on APIs this project uses deliberately).
+QUIET_WARNINGS = (r".*is currently in (preview|beta).*", r".*is (a )?(preview|beta) (feature|API).*")
+
+
+def quiet_library_warnings() -> None:
+    import warnings
+
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class Stage:
+    """One line on the terminal per stage — ``[2/5] nightly materialization [D] … OK in 41.2 s: detail``
+    — while everything printed inside the stage (Dagster, dbt, pandas, warnings) goes to ``log``."""
+
+    def __init__(self, title: str, log: Any, number: int, total: int = 5) -> None:
+        self.title, self.log, self.number, self.total = title, log, number, total
+        self.detail: str | None = None
+        self.ok = True
+        self.notes: list[str] = []
+
+    def done(self, detail: str, ok: bool = True) -> None:
+        self.detail, self.ok = detail, ok
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+
+    def __enter__(self) -> Stage:
+        import contextlib
+        import sys
+        import time
+
+        self._out = sys.stdout
+        self._t0 = time.perf_counter()
+        self._ctx = contextlib.ExitStack()
+        print(f"[{self.number}/{self.total}] {self.title} …", end="", flush=True, file=self._out)
+        print(f"\n===== [{self.number}/{self.total}] {self.title}", file=self.log, flush=True)
+        self._ctx.enter_context(contextlib.redirect_stdout(self.log))
+        self._ctx.enter_context(contextlib.redirect_stderr(self.log))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        import time
+
+        self._ctx.close()
+        took = time.perf_counter() - self._t0
+        if exc is not None and not isinstance(exc, typer.Exit):
+            import traceback
+
+            from ais_pipelines.cli_errors import one_line
+
+            traceback.print_exception(exc, file=self.log)
+            self.ok, self.detail = False, one_line(exc)
+        status = "OK" if self.ok else "FAILED"
+        print(f" {status} in {took:.1f} s" + (f": {self.detail}" if self.detail else ""), file=self._out)
+        for line in self.notes:
+            print(f"      {line}", file=self._out)
+        self.log.flush()
