@@ -71,3 +71,12 @@ def test_resources_are_chosen_per_environment(tmp_path):
     assert prod["execution_clock"].mode == "system" and local["execution_clock"].mode == "simulated"
     with pytest.raises(ValueError, match="AIS_ENV"):
         resources_for("staging", str(tmp_path))
+
+
+def test_schedules_and_sensors_run_by_themselves_only_in_local(defs, tmp_path):
+    """Issue 14: local starts everything RUNNING (simulated clock, paper broker); ci/prod stopped."""
+    every = [*defs.schedules, *defs.sensors]
+    assert {d.name: d.default_status.value for d in every} == {d.name: "STOPPED" for d in every}
+    local = build_definitions(env="local", runtime_root=str(tmp_path))
+    every = [*local.schedules, *local.sensors]
+    assert {d.name: d.default_status.value for d in every} == {d.name: "RUNNING" for d in every}
