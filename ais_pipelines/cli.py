@@ -125,19 +125,21 @@ def _run_execution(as_of: str, stage) -> bool:
                         "'REVIEW'), count(*) FILTER (WHERE decision = 'REJECT') FROM governance_decisions "
                         "WHERE as_of = ?")
         orders = one("SELECT count(*), count(*) FILTER (WHERE state = 'FILLED') FROM execution_orders WHERE as_of = ?")
-        book = one("SELECT nav, pnl_day, gross_exposure FROM pnl_history WHERE as_of = ?")
     finally:
         con.close()
+    from ais_pipelines.cli_ops import book_line, ops_env, session_book
+
+    book = session_book(ops_env(), as_of)
     parts = []
     if decisions:
         parts.append(f"{decisions[0]} approved, {decisions[1]} to review, {decisions[2]} rejected")
     if orders:
         parts.append(f"{orders[0]} orders sent, {orders[1]} filled")
     stage.done("; ".join(parts) or "nothing decided", ok=ok)
-    if book:
-        stage.note(f"book after the execution: NAV {book[0]:,.2f}, P&L {book[1]:+,.2f}, gross exposure "
-                   f"{book[2]:.2%} of NAV" + (f"; {decisions[1]} order(s) wait for a person: `uv run ais review "
-                                              "list`" if decisions and decisions[1] else ""))
+    if book is not None:
+        stage.note(book_line(book))
+    if decisions and decisions[1]:
+        stage.note(f"{decisions[1]} order(s) wait for a person: `uv run ais review list`")
     return ok
 
 

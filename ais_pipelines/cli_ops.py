@@ -413,7 +413,6 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
         positions = q("SELECT symbol, qty, round(avg_price, 4) AS avg_price, round(mark, 4) AS mark, "
                       "round(market_value, 2) AS value, round(weight, 4) AS weight FROM positions_snapshot "
                       "WHERE as_of = ? ORDER BY symbol")
-        pnl = q("SELECT nav, pnl_day, drawdown, gross_exposure, trading_mode FROM pnl_history WHERE as_of = ?")
     finally:
         con.close()
     typer.echo(f"\nGovernance decisions for {as_of}:")
@@ -424,13 +423,57 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
     _show(fills, "  (none)")
     typer.echo("\nPositions:")
     _show(positions, "  (none)")
-    if not pnl.empty:
-        r = pnl.iloc[0]
-        typer.echo(f"\nNAV {r['nav']:,.2f}  P&L today {r['pnl_day']:+,.2f}  drawdown {r['drawdown']:.4%}  "
-                   f"gross {r['gross_exposure']:.2%}  trading {r['trading_mode']}")
+    book = session_book(ops, as_of)
+    if book is not None:
+        typer.echo(f"\n{book_line(book)}")
     pending = len(ops.ledger.store().list_reviews("PENDING"))
     if pending:
         typer.echo(f"{pending} order(s) wait in the review queue: `ais review list`")
+
+
+def session_book(ops: OpsEnv, as_of: str) -> dict[str, Any] | None:
+    """The book at the end of the session D's orders execute in (the session after D): the one
+    function of the report, the metrics and the marts (``core.metrics.book_history``) over the
+    ledger's fills, marked at the close, else the day's last fill. None before the first fill."""
+    from dataclasses import asdict
+
+    import duckdb
+    import pandas as pd
+    from sqlalchemy import select
+
+    from ais_pipelines.core.metrics import book_history
+    from ais_pipelines.ledger import models as m
+    from ais_pipelines.trading_env import session_after
+
+    store = ops.ledger.store()
+    fills = pd.DataFrame([asdict(f) for f in store.fills()])
+    if fills.empty:
+        return None
+    with store.engine.connect() as conn:
+        acct = conn.execute(select(m.paper_account.c.starting_cash)
+                            .order_by(m.paper_account.c.created_at, m.paper_account.c.account_id)).first()
+    starting = float(acct[0]) if acct is not None else float(ops.policies().mandate.nav)
+    end = session_after(as_of).date()
+    con = duckdb.connect(ops.warehouse, read_only=True)
+    try:
+        closes = con.execute("SELECT symbol, date, close FROM bars WHERE list_contains(?, symbol) AND date <= ?",
+                             [sorted(fills["symbol"].unique()), end]).df()
+    except duckdb.Error:
+        closes = pd.DataFrame(columns=["symbol", "date", "close"])
+    finally:
+        con.close()
+    history, _per_fill, _marks = book_history(fills, closes, starting_cash=starting, end=end)
+    if history.empty:
+        return None
+    return {**history.iloc[-1].to_dict(), "session": end}
+
+
+def book_line(book: dict[str, Any]) -> str:
+    nav = float(book["nav"])
+    gross = float(book["gross_exposure"])
+    return (f"Book at the end of {book['session']} (ledger fills; marks: the close, else the last fill): "
+            f"NAV {nav:,.2f}, P&L that day {float(book['daily_pnl']):+,.2f}, drawdown {float(book['drawdown']):.2%}, "
+            f"gross exposure {gross:,.2f} ({gross / nav:.2%} of NAV)")
 
 
 # --------------------------------------------------------------------------------------------

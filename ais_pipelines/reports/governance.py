@@ -40,7 +40,12 @@ import numpy as np
 import pandas as pd
 
 from ais_pipelines.core import metrics as metrics_core
-from ais_pipelines.core.accounting import AccountingError, fill_pnl, mark_to_market, positions_from_fills
+from ais_pipelines.core.accounting import (
+    AccountingError,
+    local_session_date,
+    mark_to_market,
+    positions_from_fills,
+)
 from ais_pipelines.core.calendars import sessions_between
 from ais_pipelines.warehouse import read_table, table_exists
 
@@ -111,12 +116,7 @@ def next_session(as_of: date, calendar: str = AS_OF_CALENDAR) -> date | None:
     return nxt[0].date() if len(nxt) else None
 
 
-def _local_date(ts: pd.Series, tz: str = SESSION_TZ) -> pd.Series:
-    """Market-local date of naive-UTC (or aware) timestamps."""
-    t = pd.to_datetime(ts)
-    if t.dt.tz is None:
-        t = t.dt.tz_localize("UTC")
-    return t.dt.tz_convert(tz).dt.date
+_local_date = local_session_date  # one rule for the market-local date of a timestamp
 
 
 def _json(value: Any) -> Any:
@@ -213,31 +213,6 @@ class Book:
     metrics: dict[str, float]
 
 
-def _fills_frame(fills: pd.DataFrame) -> pd.DataFrame:
-    f = fills.copy()
-    ts = pd.to_datetime(f["ts"])
-    f["ts"] = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-    return f
-
-
-def _marks(bars: pd.DataFrame, per_fill: pd.DataFrame) -> pd.DataFrame:
-    """One mark per (symbol, local date): the close if there is one, else the day's last fill."""
-    parts = []
-    if not bars.empty:
-        b = bars.loc[bars["close"] > 0, ["symbol", "date", "close"]].copy()
-        b["day"] = pd.to_datetime(b["date"]).dt.normalize()
-        parts.append(pd.DataFrame({"symbol": b["symbol"], "day": b["day"], "price": b["close"], "prio": 1,
-                                   "ts": pd.NaT}))
-    if not per_fill.empty:
-        parts.append(pd.DataFrame({"symbol": per_fill["symbol"], "day": per_fill["day"], "price": per_fill["price"],
-                                   "prio": 2, "ts": per_fill["ts"].dt.tz_localize(None)}))
-    if not parts:
-        return pd.DataFrame(columns=["symbol", "day", "price"])
-    m = pd.concat(parts, ignore_index=True)
-    m = m.sort_values(["symbol", "day", "prio", "ts"], ascending=[True, True, True, False], na_position="last")
-    return m.drop_duplicates(["symbol", "day"], keep="first")[["symbol", "day", "price"]]
-
-
 def build_book(
     fills: pd.DataFrame,
     bars: pd.DataFrame,
@@ -263,46 +238,8 @@ def build_book(
         m = metrics_core.portfolio_metrics(positions_mtm=positions, cash=starting_cash, history=empty_hist.loc[:, list(metrics_core.PNL_HISTORY_COLUMNS)],
                                            decisions=_policy_decisions(decisions))
         return Book(empty_hist, positions, starting_cash, m)
-    f = _fills_frame(fills)
-    f = f.loc[_local_date(f["ts"], tz) <= end]
-    per_fill = fill_pnl(f)
-    per_fill["day"] = pd.to_datetime(_local_date(per_fill["ts"], tz))
-    traded = sorted(per_fill["symbol"].unique())
-    first_day = per_fill["day"].min()
-    b = bars.loc[bars["symbol"].isin(traded)] if not bars.empty else bars
-    if not b.empty:
-        b = b.loc[(pd.to_datetime(b["date"]).dt.normalize() >= first_day)
-                  & (pd.to_datetime(b["date"]).dt.normalize() <= pd.Timestamp(end))]
-    days = sorted(set(per_fill["day"]) | (set(pd.to_datetime(b["date"]).dt.normalize()) if not b.empty else set()))
-    marks = _marks(bars.loc[bars["symbol"].isin(traded)] if not bars.empty else bars, per_fill)
-    last_fill = per_fill.sort_values(["ts", "fill_id"]).drop_duplicates(["symbol", "day"], keep="last")
-    rows = []
-    for d in days:
-        mv = gross = unreal = 0.0
-        n_open = 0
-        for sym in traded:
-            book_rows = last_fill.loc[(last_fill["symbol"] == sym) & (last_fill["day"] <= d)]
-            if book_rows.empty:
-                continue
-            qty = float(book_rows.iloc[-1]["position_after"])
-            if abs(qty) < 1e-9:
-                continue
-            avg = float(book_rows.iloc[-1]["avg_cost_after"])
-            mk = marks.loc[(marks["symbol"] == sym) & (marks["day"] <= d)]
-            price = float(mk.iloc[-1]["price"])
-            mv += qty * price
-            gross += abs(qty * price)
-            unreal += qty * (price - avg)
-            n_open += 1
-        cash = starting_cash + float(per_fill.loc[per_fill["day"] <= d, "cash_flow"].sum())
-        rows.append({"date": d, "nav": cash + mv, "cash": cash, "unrealized": unreal, "gross": gross,
-                     "open": n_open})
-    daily = pd.DataFrame(rows).set_index("date")
-    realized = per_fill.groupby("day")["realized_pnl"].sum()
-    history = metrics_core.pnl_history(daily["nav"], realized, daily["unrealized"], starting_nav=starting_cash)
-    history["cash"] = daily["cash"].to_numpy()
-    history["gross_exposure"] = daily["gross"].to_numpy()
-    history["open_positions"] = daily["open"].to_numpy()
+    history, per_fill, marks = metrics_core.book_history(fills, bars, starting_cash=starting_cash, end=end, tz=tz)
+    f = per_fill.loc[:, ["fill_id", "client_order_id", "symbol", "side", "qty", "price", "fees", "ts"]]
     positions, cash = positions_from_fills(f, starting_cash)
     last_marks = marks.sort_values("day").drop_duplicates("symbol", keep="last").set_index("symbol")["price"]
     mtm = mark_to_market(positions, last_marks.to_dict(), cash=cash)
