@@ -28,10 +28,12 @@ app.add_typer(policies_app, name="policies")
 
 @app.command()
 def demo() -> None:
-    """The whole loop on the embedded sample market: model refit, nightly materialization of the
-    last sample session D, one intraday execution on the paper broker in the simulated session
-    after D, then the dbt marts and the governance report. One line per stage with its duration;
-    everything the libraries print goes to runtime/logs/demo.log (dbt: runtime/logs/dbt.log)."""
+    """The whole loop on the sample market, one line per stage: refit, nightly, execution, reports.
+
+    Model refit, nightly materialization of the last sample session D, one intraday execution on
+    the paper broker in the simulated session after D, then the dbt marts and the governance
+    report. What the libraries print goes to runtime/logs/demo.log (dbt: runtime/logs/dbt.log).
+    """
     from ais_pipelines.cli_ops import ensure_dev_signing_key
     from ais_pipelines.cli_support import Stage, quiet_library_warnings
     from ais_pipelines.config import Policies

@@ -126,7 +126,8 @@ def review_list(
 
     ops = ops_env()
     frame = control.list_reviews(ops.ledger.store(), None if status is ReviewStatus.ALL else status.value)
-    _show(frame.drop(columns=["created_at"]), f"no {status.value} review items")
+    frame = frame.drop(columns=["created_at"]).round({"qty": 4}).astype(object)
+    _show(frame.where(frame.notna(), "-"), f"no {status.value} review items")
 
 
 @review_app.command("approve")

@@ -6,9 +6,10 @@ Run: ``uv run python benchmarks/bench_cli.py [--runs 5] [--runtime DIR] [--peer-
 Each command runs in a fresh process through the console entry point (``ais_pipelines.cli:main``),
 as an operator runs it. The peer is the CLI of git ref ``--peer-ref`` (``git archive`` into a
 temporary directory, same virtualenv, same runtime directory), whose ledger commands imported
-Dagster. ``--runtime`` should hold a demo run (``make demo``): the first pending review item is
-approved once by each CLI (a real approval: quote, sign, submit, fill). Figures: median of
-``--runs``; written to ``benchmarks/results/cli.md``.
+Dagster. ``--runtime`` should hold a demo run (``make demo``) and is changed: the first two
+pending review items are approved, one by each CLI (a real approval: quote, sign, submit, fill).
+Use it in place — a copied runtime is another ledger to the audit anchor. Figures: median of
+``--runs``, the two CLIs interleaved; written to ``benchmarks/results/cli.md``.
 """
 
 from __future__ import annotations

@@ -486,8 +486,8 @@ def fmt_num(v: Any, kind: str = "num") -> str:
         return f"{x:,.2f}"
     if kind == "bps":
         return f"{x:,.1f} bps"
-    if x != 0 and abs(x) < 1e-3:
-        return f"{x:.2e}"
+    if x != 0 and abs(x) < 1e-3:  # plain decimals, 3 significant digits: no e-notation for a reader
+        return np.format_float_positional(x, precision=3, unique=False, fractional=False, trim="-")
     return f"{x:,.4f}".rstrip("0").rstrip(".") if abs(x) < 1e6 else f"{x:,.0f}"
 
 
@@ -598,7 +598,7 @@ def _section_data_quality(i: GovernanceInputs) -> str:
         out.append('<p class="note">No symbol was excluded: every symbol passed the quality (score ≥ 0.6) '
                    "and history (≥ 1260 valid sessions) gates.</p>")
     else:
-        out.append('<p class="note">Stored and shown, never traded (§B4, §B5).</p>')
+        out.append('<p class="note">Stored and shown, never traded.</p>')
         out.append(html_table(excluded, ["symbol", "asset_class", "status", "data_quality_score", "valid_sessions",
                                           "expected_sessions", "missing_sessions", "return_spikes", "stale_prices",
                                           "reason_codes"]))
@@ -643,7 +643,7 @@ def _section_regime(i: GovernanceInputs) -> str:
         out.append(nothing("no fitted transition matrix", "the regime fit failed or fell back"))
     else:
         out.append(html_table(i.transition, kinds={c: "pct" for c in i.transition.columns}, index=True))
-    out.append("<h3>Inputs (§C3) and reason codes</h3>")
+    out.append("<h3>Inputs and reason codes</h3>")
     out.append(kv_table([(k, r.get(k)) for k in ("index_vs_sma200", "vol_percentile", "vix_proxy", "corr_spike",
                                                  "fit_model_version", "fit_is_fallback", "reason_codes") if k in r]))
     b = i.regime_beliefs
@@ -895,7 +895,7 @@ def _section_pnl(i: GovernanceInputs) -> str:
                               kinds={"avg_cost": "money", "price": "money", "market_value": "money",
                                      "unrealized_pnl": "money", "realized_pnl": "money", "weight": "pct"}))
     if m:
-        out.append("<h3>All §J4 metrics</h3>")
+        out.append("<h3>All portfolio metrics</h3>")
         out.append(kv_table(sorted(m.items())))
     return "".join(out)
 
