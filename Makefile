@@ -12,15 +12,16 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
+# Quiet by design (issue 14): `make demo` prints under 60 lines; recipes are not echoed.
 setup: $(UV)
-	$(UV) sync --frozen
-	umask 077 && mkdir -p $(DAGSTER_HOME)   # runtime files are owner-only
-	test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(UV) run ais policies validate
-	cd dbt && $(UV) run dbt parse --quiet   # dagster-dbt needs a manifest before the code location loads
+	@$(UV) sync --frozen -q
+	@umask 077 && mkdir -p $(DAGSTER_HOME)   # runtime files are owner-only
+	@test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@$(UV) run -q ais policies validate
+	@cd dbt && $(UV) run -q dbt parse --quiet   # dagster-dbt needs a manifest before the code location loads
 
 demo: setup
-	$(UV) run ais demo
+	@$(UV) run -q ais demo
 
 test: setup
 	$(UV) run ruff check .

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import typer
 
-from ais_pipelines.config import REPO_ROOT, Policies
+from ais_pipelines.cli_support import (  # noqa: F401  (re-exported for cli_<topic> modules)
+    QUIET_LOGS,
+    ensure_dagster_home,
+    parse_session,
+    runtime_dir,
+    warehouse_path,
+    where_everything_is,
+)
 
+# Light by design (issue 14): this module, cli_support and every mounted cli_<topic> module import
+# no Dagster, dbt or Great Expectations at module level; commands import what they run.
 app = typer.Typer(help="AIS Pipelines operations. Add --debug to any command for a traceback on error.",
                   no_args_is_help=True, add_completion=False)
 quality_app = typer.Typer(help="Data quality.", no_args_is_help=True)
@@ -18,104 +26,155 @@ app.add_typer(quality_app, name="quality")
 app.add_typer(policies_app, name="policies")
 
 
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def runtime_dir() -> Path:
-    return Path(os.environ.get("AIS_RUNTIME_DIR", "runtime")).resolve()
-
-
-def ensure_dagster_home() -> Path:
-    """A project-local DAGSTER_HOME (git-ignored) with telemetry off."""
-    home = Path(os.environ.get("DAGSTER_HOME") or runtime_dir() / "dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    cfg = home / "dagster.yaml"
-    if not cfg.exists():
-        shutil.copy(REPO_ROOT / "dagster.yaml", cfg)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
 @app.command()
 def demo() -> None:
-    """The whole loop on the embedded sample market: model refit, nightly materialization of the
-    last sample session D, one intraday execution tick on the paper broker in the simulated
-    session after D, then the dbt marts and the governance report. Prints where everything went."""
-    import dagster as dg
+    """The whole loop on the sample market, one line per stage: refit, nightly, execution, reports.
 
-    from ais_pipelines.cli_ops import ensure_dev_signing_key, execute
+    Model refit, nightly materialization of the last sample session D, one intraday execution on
+    the paper broker in the simulated session after D, then the dbt marts and the governance
+    report. What the libraries print goes to runtime/logs/demo.log (dbt: runtime/logs/dbt.log).
+    """
+    from ais_pipelines.cli_ops import ensure_dev_signing_key
+    from ais_pipelines.cli_support import Stage, quiet_library_warnings
+    from ais_pipelines.config import Policies
     from ais_pipelines.core.calendars import last_n_sessions
-    from ais_pipelines.definitions import build_definitions
 
-    home = ensure_dagster_home()
+    quiet_library_warnings()
+    ensure_dagster_home()
     root = runtime_dir()
     os.environ.setdefault("AIS_RUNTIME_DIR", str(root))
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / "demo.log"
+    log = log_path.open("w")  # open for the whole demo: library log handlers keep a reference to it
     policies = Policies()
     d = policies.providers.sample.end_session
     fit = last_n_sessions("XNYS", d, 6)[0].date()  # models fitted a week before D: their age is real
     key = ensure_dev_signing_key(root, os.environ.get("AIS_ENV", "local"))
     if key is not None:
-        typer.echo(f"Development approval key (owner-only permissions): {key}")
-    defs = build_definitions(runtime_root=str(root))
-    instance = dg.DagsterInstance.get()
-    typer.echo(f"DAGSTER_HOME: {home}")
+        typer.echo(f"Approval key: {key} (development key, owner-only; `ais key init` makes one)")
+
+    with Stage("loading the code location", log, number=1) as st:
+        import dagster as dg
+
+        from ais_pipelines.definitions import build_definitions
+
+        defs = build_definitions(runtime_root=str(root))
+        instance = dg.DagsterInstance.get()
+        st.done(f"{len(list(defs.resolve_all_job_defs()))} jobs")
 
     ok = True
-    for job, pk, what in (("model_refit_job", str(fit), "model refit"),
-                          ("nightly_job", str(d), "nightly materialization")):
-        typer.echo(f"\n== {what}: {job} [{pk}] ==")
-        ok = _run_job(defs, instance, job, pk) and ok
-    _print_quality_summary(root, d)
+    with Stage(f"model refit [{fit}]", log, number=2) as st:
+        ok = _run_job(defs, instance, "model_refit_job", str(fit), st) and ok
+    with Stage(f"nightly materialization [{d}]", log, number=3) as st:
+        ok = _run_job(defs, instance, "nightly_job", str(d), st) and ok
+        st.note(_quality_line(root, d))
+    with Stage(f"intraday execution of {d} on the paper broker", log, number=4) as st:
+        ok = _run_execution(str(d), st) and ok
+    with Stage(f"dbt marts and governance report [{d}]", log, number=5) as st:
+        ok = _run_job(defs, instance, "reporting_job", str(d), st) and ok
+        log.flush()
+        dbt_summary = _dbt_summary(log_path, logs / "dbt.log")
+        if dbt_summary:
+            st.note(dbt_summary)
 
-    typer.echo(f"\n== intraday execution: the session after {d} on the paper broker ==")
-    try:
-        execute(as_of=str(d), dev_key=False)
-    except typer.Exit as exc:
-        ok = ok and exc.exit_code == 0
-
-    typer.echo(f"\n== reports: reporting_job [{d}] ==")
-    ok = _run_job(defs, instance, "reporting_job", str(d)) and ok
-    typer.echo(f"\nWarehouse:          {root / 'warehouse.duckdb'}")
-    typer.echo(f"Ledger:             {root / 'ledger.sqlite'}")
-    typer.echo(f"Raw archive:        {root / 'raw'}")
-    typer.echo(f"Data docs:          {root / 'reports' / 'data_docs' / 'index.html'}")
-    typer.echo(f"Governance report:  {root / 'reports' / 'governance'}")
-    typer.echo(f"Metrics:            {root / 'reports' / 'metrics' / 'ais_metrics.prom'}")
-    typer.echo("Browse it all: make dev  (Dagster UI on http://127.0.0.1:3000)")
+    typer.echo("")
+    for what, where in where_everything_is(root):
+        typer.echo(f"{what + ':':<19} {where}")
+    typer.echo(f"{'Library output:':<19} {log_path}")
+    typer.echo("Next: make dev (Dagster UI on http://127.0.0.1:3000) · uv run ais review list · uv run ais trading status")
     if not ok:
         raise typer.Exit(1)
 
 
-def _run_job(defs, instance, job: str, partition: str) -> bool:
+def _run_job(defs, instance, job: str, partition: str, stage) -> bool:
     result = defs.resolve_job_def(job).execute_in_process(
         instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET_LOGS
     )
-    typer.echo(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
-    bad = [c for c in result.get_asset_check_evaluations() if not c.passed]
-    n = len(result.get_asset_check_evaluations())
-    typer.echo(f"  {n - len(bad)}/{n} checks passed")
+    evals = result.get_asset_check_evaluations()
+    bad = [c for c in evals if not c.passed]
+    stage.done(f"{len(evals) - len(bad)}/{len(evals)} checks passed", ok=result.success)
     for c in bad:
-        typer.echo(f"  check {c.asset_key.to_user_string()}:{c.check_name}: FAILED ({c.severity.value})")
+        what = c.description or "failed"
+        stage.note(f"check {c.asset_key.to_user_string()}:{c.check_name}: {what}")
     for e in result.all_events:
         if e.event_type_value == "STEP_FAILURE":
-            typer.echo(f"  failed step {e.step_key}: {e.event_specific_data.error.message.strip()[:300]}")
+            first = e.event_specific_data.error.message.strip().splitlines()[0][:300]
+            stage.note(f"failed step {e.step_key}: {first} (run {result.run_id}; details in the UI or the log)")
     return result.success
 
 
-def _print_quality_summary(root: Path, as_of) -> None:
+def _run_execution(as_of: str, stage) -> bool:
+    """``ais execute`` of D with its tables in the log, one summary line on the terminal."""
     import duckdb
 
-    con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
+    from ais_pipelines.cli_ops import execute
+
     try:
-        q = con.execute(
-            "SELECT symbol, asset_class, round(data_quality_score, 3) AS score, status, reason_codes "
-            "FROM data_quality WHERE as_of = ? ORDER BY score, symbol", [as_of]
-        ).df()
+        execute(as_of=as_of, dev_key=False)
+        ok = True
+    except typer.Exit as exc:
+        ok = exc.exit_code == 0
+    con = duckdb.connect(str(warehouse_path()), read_only=True)
+    try:
+        def one(sql: str) -> tuple:
+            try:
+                return con.execute(sql, [as_of]).fetchone() or ()
+            except duckdb.Error:
+                return ()
+
+        decisions = one("SELECT count(*) FILTER (WHERE decision = 'APPROVE'), count(*) FILTER (WHERE decision = "
+                        "'REVIEW'), count(*) FILTER (WHERE decision = 'REJECT') FROM governance_decisions "
+                        "WHERE as_of = ?")
+        orders = one("SELECT count(*), count(*) FILTER (WHERE state = 'FILLED') FROM execution_orders WHERE as_of = ?")
     finally:
         con.close()
-    typer.echo(f"\nData quality {as_of} (worst first):")
-    typer.echo(q.head(12).to_string(index=False))
-    typer.echo(f"… {len(q)} symbols, {int((q['status'] == 'VALID').sum())} tradable\n")
+    from ais_pipelines.cli_ops import book_line, ops_env, session_book
+
+    book = session_book(ops_env(), as_of)
+    parts = []
+    if decisions:
+        parts.append(f"{decisions[0]} approved, {decisions[1]} to review, {decisions[2]} rejected")
+    if orders:
+        parts.append(f"{orders[0]} orders sent, {orders[1]} filled")
+    stage.done("; ".join(parts) or "nothing decided", ok=ok)
+    if book is not None:
+        stage.note(book_line(book))
+    if decisions and decisions[1]:
+        stage.note(f"{decisions[1]} order(s) wait for a person: `uv run ais review list`")
+    return ok
+
+
+def _quality_line(root: Path, as_of) -> str:
+    import duckdb
+
+    con = duckdb.connect(str(warehouse_path(root)), read_only=True)
+    try:
+        q = con.execute("SELECT symbol, status FROM data_quality WHERE as_of = ? ORDER BY symbol", [as_of]).df()
+    finally:
+        con.close()
+    bad = q[q["status"] != "VALID"]
+    named = ", ".join(f"{r.symbol} ({r.status})" for r in bad.head(6).itertuples())
+    more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+    return (f"data quality: {len(q) - len(bad)} of {len(q)} symbols tradable"
+            + (f"; excluded, not halted: {named}{more} (`uv run ais quality report`)" if len(bad) else ""))
+
+
+def _dbt_summary(demo_log: Path, dbt_log: Path) -> str | None:
+    """dbt's own summary line (``Done. PASS=… TOTAL=…``) from the captured output; the dbt lines
+    themselves are copied to ``dbt_log``."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", demo_log.read_text(errors="replace"))  # dbt's colours
+    lines = [ln for ln in text.splitlines()
+             if re.match(r"^\d+ of \d+ |^Finished running|^Done\. PASS=|^Running with dbt|^Found \d+", ln)]
+    if not lines:
+        return None
+    dbt_log.write_text("\n".join(lines) + "\n")
+    done = next((ln for ln in reversed(lines) if ln.startswith("Done. PASS=")), None)
+    took = next((re.search(r"\(([\d.]+s)\)", ln) for ln in reversed(lines) if ln.startswith("Finished running")), None)
+    return f"dbt build: {done.removeprefix('Done. ') if done else 'no summary'}" + (
+        f" in {took.group(1)}" if took else "") + f" (log: {dbt_log})"
 
 
 @quality_app.command("report")
@@ -123,12 +182,13 @@ def quality_report(out: Path = typer.Option(None, help="Output directory for the
     """Write the Great Expectations Data Docs for what the warehouse holds now."""
     import duckdb
 
+    from ais_pipelines.config import Policies
     from ais_pipelines.reports.data_docs import data_docs_from_warehouse
 
     root = runtime_dir()
-    db = Path(os.environ.get("AIS_WAREHOUSE", root / "warehouse.duckdb"))
+    db = warehouse_path(root)
     if not db.exists():
-        typer.echo(f"No warehouse at {db}: run `make demo` (or the nightly job) first.", err=True)
+        typer.echo(f"WAREHOUSE_MISSING: no warehouse at {db}; run `make demo` (or the nightly job) first", err=True)
         raise typer.Exit(2)
     out_dir = out or root / "reports" / "data_docs"
     con = duckdb.connect(str(db), read_only=True)
@@ -143,7 +203,8 @@ def quality_report(out: Path = typer.Option(None, help="Output directory for the
 
 @app.command()
 def report(
-    as_of: str = typer.Option(None, "--as-of", help="As-of session YYYY-MM-DD (default: the latest assessed)."),
+    as_of: str = typer.Option(None, "--as-of", help="As-of session YYYY-MM-DD (default: the latest assessed).",
+                              callback=parse_session),
     out: Path = typer.Option(None, help="Output directory (default: runtime/reports/governance)."),
     snapshot: bool = typer.Option(True, help="Copy the ledger into the warehouse first (needs its write lock)."),
 ) -> None:
@@ -154,12 +215,14 @@ def report(
     from ais_pipelines.reports.ledger_copy import snapshot_ledger
 
     root = runtime_dir()
-    db = Path(os.environ.get("AIS_WAREHOUSE", root / "warehouse.duckdb"))
+    db = warehouse_path(root)
     if not db.exists():
-        typer.echo(f"No warehouse at {db}: run `make demo` (or the nightly job) first.", err=True)
+        typer.echo(f"WAREHOUSE_MISSING: no warehouse at {db}; run `make demo` (or the nightly job) first", err=True)
         raise typer.Exit(2)
     if snapshot:
-        url = os.environ.get("AIS_LEDGER_URL") or f"sqlite:///{root / 'ledger.sqlite'}"
+        from ais_pipelines.cli_support import ledger_url
+
+        url = ledger_url(root)
         copied = snapshot_ledger(url, db)
         typer.echo(f"Ledger snapshot: {copied.rows.get('ledger_orders', 0)} orders, "
                    f"{copied.rows.get('ledger_fills', 0)} fills")
@@ -181,6 +244,7 @@ def report(
 def policies_validate(directory: Path = typer.Option(None, help="Policies directory.")) -> None:
     """Validate every policy file, the rules between them and each environment's combined
     overlay (local, ci, prod). One line per problem naming file, key and value; exit 1 on any."""
+    from ais_pipelines.config import Policies
     from ais_pipelines.execution import ENVIRONMENTS
 
     policies = Policies(directory)
@@ -194,12 +258,14 @@ def policies_validate(directory: Path = typer.Option(None, help="Policies direct
                f"environments {', '.join(ENVIRONMENTS)}")
 
 
-from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (mounts review/trading/audit/execute)
+# Command modules, one mount line each (light imports only: heavy ones inside the commands).
+from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (review/trading/audit/key/paths/execute)
 
 _register_ops(app)
 from ais_pipelines.cli_data import register as _register_data  # noqa: E402  (issue 13: ais ingest, ais quality show)
 
 _register_data(app)
+
 
 def main() -> None:
     """The console entry point: private files (umask 077) and one-line errors (``--debug``: traceback)."""
@@ -209,6 +275,9 @@ def main() -> None:
     from ais_pipelines.runtime_files import private_dir, private_umask, runtime_dir_is_ours
 
     private_umask()
+    from ais_pipelines.cli_support import quiet_library_warnings
+
+    quiet_library_warnings()  # Dagster's preview/beta notices on every import of the code location
     root = runtime_dir()
     if runtime_dir_is_ours(root):  # created by `make setup` before this process: owner-only too
         private_dir(root)

@@ -68,7 +68,8 @@ def run_cli(app: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
             raise
         path = exc.ctx.command_path if exc.ctx else "ais"
         hint = f" (see: {path} --help)"
-        typer.echo(f"{ReasonCode.USAGE_ERROR}: {exc.format_message()}{hint}", err=True)
+        code = getattr(exc, "reason_code", None) or ReasonCode.USAGE_ERROR  # e.g. NOT_A_SESSION
+        typer.echo(f"{code}: {exc.format_message()}{hint}", err=True)
         return EXIT_USAGE
     except typer.Abort:
         typer.echo("aborted", err=True)

@@ -1,5 +1,5 @@
 """Operator commands mounted on the ``ais`` app (§H5, §J2, §J3): review queue, trading state,
-audit verification and one intraday execution.
+audit verification, the approval key, where things are, and one intraday execution.
 
     ais review list [--status PENDING|APPROVED|REJECTED|ALL]
     ais review approve ITEM_ID --actor NAME --why TEXT
@@ -7,26 +7,41 @@ audit verification and one intraday execution.
     ais trading status
     ais trading kill|pause|resume|deleverage --actor NAME --why TEXT
     ais audit verify
+    ais key init
+    ais paths
     ais execute [--as-of D] [--dev-key]
 
 They call the same plain functions as the Dagster control jobs (:mod:`ais_pipelines.control`,
-:mod:`assets.control`) with the environment's resources (``AIS_ENV``, ``AIS_RUNTIME_DIR``,
-``AIS_WAREHOUSE``, ``AIS_LEDGER_URL``, ``AIS_POLICIES_DIR``). Mount with :func:`register`.
+:mod:`assets.control`) with the environment's settings (``AIS_ENV``, ``AIS_RUNTIME_DIR``,
+``AIS_WAREHOUSE``, ``AIS_LEDGER_URL``, ``AIS_POLICIES_DIR``). Everything but ``execute`` and
+``runs`` works on the plain settings of :mod:`ais_pipelines.trading_env` and never imports
+Dagster, dbt or Great Expectations (issue 14: under 2 s). Mount with :func:`register`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import typer
 
-review_app = typer.Typer(help="Human review queue (§H5): nothing in REVIEW executes by itself.", no_args_is_help=True)
-trading_app = typer.Typer(help="Trading state (§J2): kill switch, pause, resume, deleverage.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit log (§J3).", no_args_is_help=True)
+from ais_pipelines.cli_support import (
+    ResumeTo,
+    ReviewStatus,
+    environment,
+    parse_session,
+    runtime_dir,
+    warehouse_path,
+    where_everything_is,
+)
+
+review_app = typer.Typer(help="Human review queue: nothing in REVIEW executes by itself.", no_args_is_help=True)
+trading_app = typer.Typer(help="Trading state: kill switch, pause, resume, deleverage.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs left behind by a killed process, and how to release them.", no_args_is_help=True)
+key_app = typer.Typer(help="The approval signing key.", no_args_is_help=True)
 
 ACTOR = typer.Option(..., "--actor", help="Who (a person; recorded in the audit log).")
 WHY = typer.Option(..., "--why", help="Why (mandatory; recorded in the audit log).")
@@ -34,34 +49,46 @@ WHY = typer.Option(..., "--why", help="Why (mandatory; recorded in the audit log
 
 @dataclass
 class OpsEnv:
+    """The environment's plain trading settings (:func:`ais_pipelines.trading_env.trading_env_for`)."""
+
     env: str
     root: Path
-    resources: dict[str, Any]
+    warehouse: str
+    settings: dict[str, Any]
+    _policies: Any = field(default=None, repr=False)
 
     @property
     def ledger(self) -> Any:
-        return self.resources["ledger"]
+        return self.settings["ledger"]
 
     def policies(self) -> Any:
-        return self.resources["policies"].load()
+        if self._policies is None:
+            from ais_pipelines.config import Policies
+
+            self._policies = Policies(os.environ.get("AIS_POLICIES_DIR"), os.environ.get("AIS_UNIVERSE_FILE"))
+        return self._policies
+
+    def dagster_resources(self) -> dict[str, Any]:
+        """The same settings as Dagster resources (for ``execute``, which runs a job)."""
+        from dagster_duckdb import DuckDBResource
+
+        from resources.policies import PoliciesResource
+        from resources.trading import trading_resources_for
+
+        return {
+            "policies": PoliciesResource(directory=os.environ.get("AIS_POLICIES_DIR"),
+                                         universe_file=os.environ.get("AIS_UNIVERSE_FILE")),
+            "warehouse": DuckDBResource(database=self.warehouse),
+            **trading_resources_for(self.env, str(self.root)),
+        }
 
 
 def ops_env() -> OpsEnv:
-    """The environment's resources, built the same way as in the definitions factory."""
-    from dagster_duckdb import DuckDBResource
+    """The environment's settings, chosen the same way as in the definitions factory."""
+    from ais_pipelines.trading_env import trading_env_for
 
-    from resources.policies import PoliciesResource
-    from resources.trading import trading_resources_for
-
-    env = os.environ.get("AIS_ENV", "local")
-    root = Path(os.environ.get("AIS_RUNTIME_DIR", "runtime")).resolve()
-    resources: dict[str, Any] = {
-        "policies": PoliciesResource(directory=os.environ.get("AIS_POLICIES_DIR"),
-                                     universe_file=os.environ.get("AIS_UNIVERSE_FILE")),
-        "warehouse": DuckDBResource(database=os.environ.get("AIS_WAREHOUSE", str(root / "warehouse.duckdb"))),
-        **trading_resources_for(env, str(root)),
-    }
-    return OpsEnv(env, root, resources)
+    env, root = environment(), runtime_dir()
+    return OpsEnv(env, root, str(warehouse_path(root)), trading_env_for(env, str(root)))
 
 
 def _die(message: str, code: int = 1) -> typer.Exit:
@@ -69,10 +96,16 @@ def _die(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _now(ops: OpsEnv) -> Any:
-    from resources.trading import control_clock
+def _refused(exc: Any) -> typer.Exit:
+    """``REASON_CODE: message`` of a ControlError (its first reason code)."""
+    codes = [str(c) for c in getattr(exc, "reason_codes", ())]
+    return _die(f"{codes[0] if codes else 'REFUSED'}: {exc}")
 
-    _as_of, clock = control_clock(ops.policies(), ops.ledger.store(), ops.resources["execution_clock"])
+
+def _now(ops: OpsEnv) -> Any:
+    from ais_pipelines.trading_env import control_clock
+
+    _as_of, clock = control_clock(ops.policies(), ops.ledger.store(), ops.settings["execution_clock"])
     return clock.now()
 
 
@@ -86,33 +119,32 @@ def _show(frame: Any, empty: str) -> None:
 
 @review_app.command("list")
 def review_list(
-    status: str = typer.Option("PENDING", help="PENDING, APPROVED, REJECTED or ALL."),
+    status: ReviewStatus = typer.Option(ReviewStatus.PENDING, case_sensitive=False, help="Which items."),
 ) -> None:
     """Items waiting for (or decided by) a person."""
     from ais_pipelines import control
 
     ops = ops_env()
-    frame = control.list_reviews(ops.ledger.store(), None if status.upper() == "ALL" else status.upper())
-    _show(frame.drop(columns=["created_at"]), f"no {status.upper()} review items")
+    frame = control.list_reviews(ops.ledger.store(), None if status is ReviewStatus.ALL else status.value)
+    frame = frame.drop(columns=["created_at"]).round({"qty": 4}).astype(object)
+    _show(frame.where(frame.notna(), "-"), f"no {status.value} review items")
 
 
 @review_app.command("approve")
 def review_approve(item_id: str, actor: str = ACTOR, why: str = WHY) -> None:
     """Approve one item: hard rules re-checked with a fresh quote, signed, submitted through the OMS."""
-    import dagster as dg
-
-    from assets.control import approve
+    from ais_pipelines import control
 
     ops = ops_env()
-    r = ops.resources
+    s = ops.settings
     try:
-        out = approve(ops.policies(), r["warehouse"], r["ledger"], r["signing_key"], r["execution_clock"],
-                      r["broker"], item_id, actor=actor, why=why)
-    except dg.Failure as exc:
-        raise _die(f"REFUSED {exc.description}") from exc
+        out = control.approve_item(ops.policies(), ops.warehouse, s["ledger"], s["signing_key"],
+                                   s["execution_clock"], s["broker"], item_id, actor=actor, why=why)
+    except control.ControlError as exc:
+        raise _refused(exc) from exc
+    price = f"{out['avg_fill_price']:.4f}" if out["avg_fill_price"] else "-"
     typer.echo(f"APPROVED {item_id} by {actor}: {out['side']} {out['qty']:g} {out['symbol']} → {out['state']} "
-               f"(filled {out['filled_qty']:g} @ {out['avg_fill_price'] or float('nan'):.4f}, "
-               f"order {out['client_order_id']})")
+               f"(filled {out['filled_qty']:g} @ {price}, order {out['client_order_id']})")
 
 
 @review_app.command("reject")
@@ -123,9 +155,10 @@ def review_reject(item_id: str, actor: str = ACTOR, why: str = WHY) -> None:
     ops = ops_env()
     store = ops.ledger.store()
     try:
-        item = control.reject_review(store, ops.ledger.audit(), item_id, actor=actor, why=why, now=_now(ops))
+        item = control.reject_review(store, ops.ledger.audit(), item_id, actor=actor, why=why, now=_now(ops),
+                                     policies=ops.policies())
     except control.ControlError as exc:
-        raise _die(f"REFUSED {exc}") from exc
+        raise _refused(exc) from exc
     typer.echo(f"REJECTED {item.item_id} by {item.decided_by}: {item.why}")
 
 
@@ -133,15 +166,24 @@ def review_reject(item_id: str, actor: str = ACTOR, why: str = WHY) -> None:
 # trading state
 
 
+def describe_status(status: Any) -> str:
+    """One line for a trading status; the state of a fresh ledger says so instead of an epoch date."""
+    from ais_pipelines.ledger.store import LEDGER_EPOCH
+
+    codes = ";".join(map(str, status.reason_codes)) or "none"
+    if status.since == LEDGER_EPOCH:
+        return f"{status.mode} (initial state: nobody has changed it since the ledger was created)"
+    return f"{status.mode} since {status.since:%Y-%m-%d %H:%M:%S} UTC by {status.actor}: {status.why} [{codes}]"
+
+
 @trading_app.command("status")
 def trading_status_cmd() -> None:
-    """The current trading state and who set it, why, when."""
+    """The current trading state and who set it, why, when; the review queue."""
     ops = ops_env()
-    s = ops.ledger.store().current_trading_status()
-    codes = ";".join(map(str, s.reason_codes)) or "none"
-    typer.echo(f"{s.mode} since {s.since.isoformat()} by {s.actor}: {s.why} [{codes}]")
-    pending = len(ops.ledger.store().list_reviews("PENDING"))
-    typer.echo(f"review queue: {pending} pending")
+    store = ops.ledger.store()
+    typer.echo(describe_status(store.current_trading_status()))
+    pending = len(store.list_reviews("PENDING"))
+    typer.echo(f"review queue: {pending} pending" + (" (`ais review list`)" if pending else ""))
 
 
 def _trading(action: str, actor: str, why: str, to: str = "ACTIVE") -> None:
@@ -150,9 +192,10 @@ def _trading(action: str, actor: str, why: str, to: str = "ACTIVE") -> None:
     ops = ops_env()
     store = ops.ledger.store()
     try:
-        s = control.change_trading_state(store, ops.ledger.audit(), action, actor=actor, why=why, now=_now(ops), to=to)
-    except (control.ControlError, ValueError) as exc:
-        raise _die(f"REFUSED {exc}") from exc
+        s = control.change_trading_state(store, ops.ledger.audit(), action, actor=actor, why=why, now=_now(ops),
+                                         to=to, policies=ops.policies())
+    except control.ControlError as exc:
+        raise _refused(exc) from exc
     typer.echo(f"{s.mode} ({action} by {actor}: {why}) [{';'.join(map(str, s.reason_codes)) or 'none'}]")
 
 
@@ -170,10 +213,11 @@ def trading_pause(actor: str = ACTOR, why: str = WHY) -> None:
 
 @trading_app.command("resume")
 def trading_resume(
-    actor: str = ACTOR, why: str = WHY, to: str = typer.Option("ACTIVE", help="ACTIVE or REDUCING.")
+    actor: str = ACTOR, why: str = WHY,
+    to: ResumeTo = typer.Option(ResumeTo.ACTIVE, case_sensitive=False, help="The state to resume to."),
 ) -> None:
     """Lift a pause, a deleverage or the kill switch (a named person and a reason are required)."""
-    _trading("resume", actor, why, to.upper())
+    _trading("resume", actor, why, to.value)
 
 
 @trading_app.command("deleverage")
@@ -208,42 +252,61 @@ def audit_verify() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# the approval key and where things are
+
+
+@key_app.command("init")
+def key_init() -> None:
+    """local/ci: create the development approval key (runtime/approval.key, owner-only) if there is
+    none. In prod, set AIS_APPROVAL_KEY or AIS_APPROVAL_KEY_FILE instead (never a default file)."""
+    from ais_pipelines.core.approvals import dev_key_path
+
+    path = dev_key_path(runtime_dir())
+    existed = path.exists()
+    made = ensure_dev_signing_key(runtime_dir(), environment(), export=False)
+    if made is None:
+        typer.echo("an approval key is configured in the environment (AIS_APPROVAL_KEY[_FILE]); nothing created")
+    else:
+        typer.echo(f"{'development key exists' if existed else 'created development key'}: {made}")
+
+
+def paths() -> None:
+    """Where the warehouse, ledger, archive, reports and logs of this runtime directory are."""
+    for what, where in where_everything_is():
+        mark = "" if not isinstance(where, Path) or where.exists() else "  (not yet written)"
+        typer.echo(f"{what + ':':<19} {where}{mark}")
+
+
+# --------------------------------------------------------------------------------------------
 # execute
 
 
-def ensure_dev_signing_key(root: Path, env: str) -> Path | None:
-    """Local/ci only: when no key is configured, create ``{root}/approval.key`` (0600) and use it.
+def ensure_dev_signing_key(root: Path, env: str, *, export: bool = False) -> Path | None:
+    """local/ci only: when no key is configured in the environment, make sure the development key
+    ``{root}/approval.key`` (0600) exists — the key rule then finds it (:func:`find_signing_key`).
 
     Never in prod, and never when a key is already configured: there the absence of a key must
-    stop everything (fail closed).
+    stop everything (fail closed). ``export`` also sets ``AIS_APPROVAL_KEY_FILE`` for child processes.
     """
-    from ais_pipelines.core.approvals import KEY_ENV, KEY_FILE_ENV, generate_dev_key_file
+    from ais_pipelines.core.approvals import (
+        DEV_KEY_ENVIRONMENTS,
+        KEY_ENV,
+        KEY_FILE_ENV,
+        dev_key_path,
+        generate_dev_key_file,
+    )
 
     if os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV):
         return None
-    if env == "prod":
-        raise _die("SIGNING_KEY_MISSING: no approval key in prod; a dev key is never generated there")
-    path = root / "approval.key"
+    if env not in DEV_KEY_ENVIRONMENTS:
+        raise _die(f"SIGNING_KEY_MISSING: no approval key in {env}; a development key is never created there "
+                   f"(set {KEY_ENV} or {KEY_FILE_ENV})")
+    path = dev_key_path(root)
     if not path.exists():
         generate_dev_key_file(path)
-    os.environ[KEY_FILE_ENV] = str(path)
+    if export:
+        os.environ[KEY_FILE_ENV] = str(path)
     return path
-
-
-def parse_session(value: str | None) -> str | None:
-    """``--as-of`` as an ISO date (a usage error, exit 2, otherwise)."""
-    if value is None:
-        return None
-    import pandas as pd
-
-    try:
-        return str(pd.Timestamp(value).date()) if len(value.strip()) == 10 else _bad_date(value)
-    except (ValueError, TypeError):
-        return _bad_date(value)
-
-
-def _bad_date(value: str) -> str:
-    raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--as-of")
 
 
 def execute(
@@ -262,7 +325,7 @@ def execute(
 
     import dagster as dg
 
-    from ais_pipelines.cli import QUIET_LOGS, ensure_dagster_home
+    from ais_pipelines.cli_support import QUIET_LOGS, ensure_dagster_home
     from ais_pipelines.core.reason_codes import ReasonCode
     from ais_pipelines.ledger.leases import ExecutionInProgressError, acquire_lease, release_lease
     from assets import execution as exec_assets
@@ -285,8 +348,9 @@ def execute(
     for run_id in reap_dead_runs(instance):
         typer.echo(f"released stale run {run_id} ({ReasonCode.STALE_RUN_RELEASED})")
     store = ops.ledger.store()
-    gate = execution_gate(instance, warehouse=ops.resources["warehouse"], ledger=store,
-                          execution_clock=ops.resources["execution_clock"], as_of=as_of)
+    resources = ops.dagster_resources()
+    gate = execution_gate(instance, warehouse=resources["warehouse"], ledger=store,
+                          execution_clock=resources["execution_clock"], as_of=as_of)
     if gate.reason_code is ReasonCode.ALREADY_EXECUTED:
         typer.echo(f"SKIP {gate.skip_reason()}")
         _print_session(ops, str(gate.as_of))
@@ -305,7 +369,7 @@ def execute(
         assets=dg.load_assets_from_modules([exec_assets]),
         asset_checks=dg.load_asset_checks_from_modules([exec_assets]),
         jobs=[exec_assets.intraday_execution_job],
-        resources=ops.resources,
+        resources=resources,
     )
     try:
         result = defs.resolve_job_def("intraday_execution_job").execute_in_process(
@@ -331,7 +395,7 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
     import duckdb
     import pandas as pd
 
-    db = ops.resources["warehouse"].database
+    db = ops.warehouse
     day = pd.Timestamp(as_of).date()
     con = duckdb.connect(db, read_only=True)
     try:
@@ -350,7 +414,6 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
         positions = q("SELECT symbol, qty, round(avg_price, 4) AS avg_price, round(mark, 4) AS mark, "
                       "round(market_value, 2) AS value, round(weight, 4) AS weight FROM positions_snapshot "
                       "WHERE as_of = ? ORDER BY symbol")
-        pnl = q("SELECT nav, pnl_day, drawdown, gross_exposure, trading_mode FROM pnl_history WHERE as_of = ?")
     finally:
         con.close()
     typer.echo(f"\nGovernance decisions for {as_of}:")
@@ -361,13 +424,57 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
     _show(fills, "  (none)")
     typer.echo("\nPositions:")
     _show(positions, "  (none)")
-    if not pnl.empty:
-        r = pnl.iloc[0]
-        typer.echo(f"\nNAV {r['nav']:,.2f}  P&L today {r['pnl_day']:+,.2f}  drawdown {r['drawdown']:.4%}  "
-                   f"gross {r['gross_exposure']:.2%}  trading {r['trading_mode']}")
+    book = session_book(ops, as_of)
+    if book is not None:
+        typer.echo(f"\n{book_line(book)}")
     pending = len(ops.ledger.store().list_reviews("PENDING"))
     if pending:
         typer.echo(f"{pending} order(s) wait in the review queue: `ais review list`")
+
+
+def session_book(ops: OpsEnv, as_of: str) -> dict[str, Any] | None:
+    """The book at the end of the session D's orders execute in (the session after D): the one
+    function of the report, the metrics and the marts (``core.metrics.book_history``) over the
+    ledger's fills, marked at the close, else the day's last fill. None before the first fill."""
+    from dataclasses import asdict
+
+    import duckdb
+    import pandas as pd
+    from sqlalchemy import select
+
+    from ais_pipelines.core.metrics import book_history
+    from ais_pipelines.ledger import models as m
+    from ais_pipelines.trading_env import session_after
+
+    store = ops.ledger.store()
+    fills = pd.DataFrame([asdict(f) for f in store.fills()])
+    if fills.empty:
+        return None
+    with store.engine.connect() as conn:
+        acct = conn.execute(select(m.paper_account.c.starting_cash)
+                            .order_by(m.paper_account.c.created_at, m.paper_account.c.account_id)).first()
+    starting = float(acct[0]) if acct is not None else float(ops.policies().mandate.nav)
+    end = session_after(as_of).date()
+    con = duckdb.connect(ops.warehouse, read_only=True)
+    try:
+        closes = con.execute("SELECT symbol, date, close FROM bars WHERE list_contains(?, symbol) AND date <= ?",
+                             [sorted(fills["symbol"].unique()), end]).df()
+    except duckdb.Error:
+        closes = pd.DataFrame(columns=["symbol", "date", "close"])
+    finally:
+        con.close()
+    history, _per_fill, _marks = book_history(fills, closes, starting_cash=starting, end=end)
+    if history.empty:
+        return None
+    return {**history.iloc[-1].to_dict(), "session": end}
+
+
+def book_line(book: dict[str, Any]) -> str:
+    nav = float(book["nav"])
+    gross = float(book["gross_exposure"])
+    return (f"Book at the end of {book['session']} (ledger fills; marks: the close, else the last fill): "
+            f"NAV {nav:,.2f}, P&L that day {float(book['daily_pnl']):+,.2f}, drawdown {float(book['drawdown']):.2%}, "
+            f"gross exposure {gross:,.2f} ({gross / nav:.2%} of NAV)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +486,7 @@ def runs_stuck() -> None:
     """Runs the instance believes are running, whether their process is alive, and session leases."""
     import dagster as dg
 
-    from ais_pipelines.cli import ensure_dagster_home
+    from ais_pipelines.cli_support import ensure_dagster_home
     from ais_pipelines.ledger.leases import list_leases
     from resources.runs import HOST_TAG, LIVE_STATUSES, PID_TAG, run_process_gone
 
@@ -409,7 +516,7 @@ def runs_release(run_id: str, actor: str = ACTOR, why: str = WHY) -> None:
     import dagster as dg
 
     from ais_pipelines import control
-    from ais_pipelines.cli import ensure_dagster_home
+    from ais_pipelines.cli_support import ensure_dagster_home
     from ais_pipelines.core.reason_codes import ReasonCode
     from ais_pipelines.ledger.leases import current_lease, force_release
     from resources.runs import LEASE_OWNER_TAG
@@ -418,7 +525,7 @@ def runs_release(run_id: str, actor: str = ACTOR, why: str = WHY) -> None:
     try:
         who = control.authorize(ops.policies(), actor, "resume")
     except control.ControlError as exc:
-        raise _die(f"REFUSED {';'.join(exc.reason_codes)}: {exc}") from exc
+        raise _refused(exc) from exc
     ensure_dagster_home()
     with dg.DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
@@ -449,4 +556,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(trading_app, name="trading")
     app.add_typer(audit_app, name="audit")
     app.add_typer(runs_app, name="runs")
+    app.add_typer(key_app, name="key")
+    app.command("paths")(paths)
     app.command("execute")(execute)

@@ -52,7 +52,8 @@ class ControlError(Exception):
 
 def _who(actor: str, why: str) -> tuple[str, str]:
     if not isinstance(actor, str) or not actor.strip() or not isinstance(why, str) or not why.strip():
-        raise ControlError("every override needs an actor (who) and a reason (why)")
+        raise ControlError("every override needs an actor (who) and a reason (why)",
+                           (ReasonCode.OVERRIDE_UNJUSTIFIED,))
     return actor.strip(), why.strip()
 
 
@@ -98,7 +99,7 @@ def change_trading_state(
     ``resume`` permission, or ``release`` when the book is HALTED (see :func:`authorize`).
     """
     if action not in ACTIONS:
-        raise ControlError(f"action must be one of {ACTIONS}, got {action!r}")
+        raise ControlError(f"action must be one of {ACTIONS}, got {action!r}", (ReasonCode.USAGE_ERROR,))
     actor, why = _who(actor, why)
 
     def _resume(s: TradingStatus) -> TradingStatus:
@@ -160,9 +161,10 @@ def list_reviews(ledger: LedgerStore, status: str | None = "PENDING") -> pd.Data
 def _pending(ledger: LedgerStore, item_id: str) -> ReviewItem:
     item = ledger.get_review(item_id)
     if item is None:
-        raise ControlError(f"review item {item_id} does not exist")
+        raise ControlError(f"review item {item_id} does not exist (see `ais review list --status ALL`)",
+                           (ReasonCode.REVIEW_ITEM_NOT_FOUND,))
     if item.status != "PENDING":
-        raise ControlError(f"review item {item_id} is already {item.status}")
+        raise ControlError(f"review item {item_id} is already {item.status}", (ReasonCode.REVIEW_ALREADY_DECIDED,))
     return item
 
 
@@ -182,7 +184,7 @@ def reject_review(
     try:
         item = ledger.decide_review(item_id, approve=False, actor=actor, why=why, now=now)
     except ReviewDecisionError as exc:
-        raise ControlError(str(exc)) from exc
+        raise ControlError(str(exc), (ReasonCode.REVIEW_ALREADY_DECIDED,)) from exc
     audit_or_halt(audit, ledger, "review.rejected", actor, f"review:{item_id}",
                   {"why": why, "order": item.order_payload}, [ReasonCode.HUMAN_REJECTED], now)
     return item
@@ -234,7 +236,7 @@ def approve_review(
     try:
         item = ledger.decide_review(item_id, approve=True, actor=actor, why=why, now=now)
     except ReviewDecisionError as exc:
-        raise ControlError(str(exc)) from exc
+        raise ControlError(str(exc), (ReasonCode.REVIEW_ALREADY_DECIDED,)) from exc
     audit_or_halt(audit, ledger, "review.approved", actor, f"review:{item_id}",
                   {"why": why, "order": item.order_payload}, [ReasonCode.HUMAN_APPROVED], now)
     payload = {**item.order_payload, "review_item_id": item_id, "approved_by": actor}
@@ -250,6 +252,66 @@ def approve_review(
         codes = exc.reason_codes if isinstance(exc, OrderRefusedError) else (exc.reason,)
         return ReviewApproval(item, approved, None, tuple(str(c) for c in codes))
     return ReviewApproval(item, approved, result)
+
+
+APPROVAL_TTL_S = 300  # an approval is good for 5 minutes of the execution clock
+
+
+def approve_item(
+    policies: Policies,
+    warehouse_path: str,
+    ledger: Any,
+    signing_key: Any,
+    execution_clock: Any,
+    broker: Any,
+    item_id: str,
+    *,
+    actor: str,
+    why: str,
+) -> dict[str, Any]:
+    """The APPROVE path of the CLI and of ``review_decision_job``: who first, the key, then a fresh
+    session for the item's D (warehouse snapshot, quote, broker), recheck, sign, submit, work.
+
+    ``ledger``/``signing_key``/``execution_clock``/``broker`` are the settings of
+    :mod:`ais_pipelines.trading_env` (or their Dagster resources). Refusals: ``ControlError``.
+    """
+    import duckdb
+
+    from ais_pipelines import execution as ex
+    from ais_pipelines.trading_env import open_trading_session
+    from ais_pipelines.warehouse import read_table
+
+    actor, why = _who(actor, why)
+    authorize(policies, actor, "approve")  # an undeclared or service actor opens no session, fetches no quote
+    store = ledger.store()
+    item = _pending(store, item_id)
+    key = signing_key.key()  # fail closed before any broker call
+    as_of = str(item.order_payload.get("as_of"))
+    try:
+        env_policy = ex.load_environment_policy(policy_dir=policies.directory)
+    except ex.PolicyError as exc:
+        raise ControlError(str(exc), (ReasonCode.POLICY_UNREADABLE,)) from exc
+    con = duckdb.connect(warehouse_path)
+    try:
+        session = open_trading_session(policies, con, as_of, ledger, execution_clock, broker,
+                                       not_before=ex.latest_activity(store))
+        history = read_table(con, "pnl_history")
+    finally:
+        con.close()
+    oms = OrderManagementSystem(session.ledger, session.broker, key, session.clock, session.audit)
+    outcome = approve_review(
+        session.ledger, session.audit, oms, key, item_id, actor=actor, why=why, now=session.clock.now(),
+        ttl_s=APPROVAL_TTL_S, recheck=lambda payload: ex.hard_rule_hits(session, env_policy, payload, history),
+        policies=policies,
+    )
+    if outcome.result is None:
+        raise ControlError(f"the OMS refused the approved order of {item_id}", outcome.refused_codes)
+    ex.work_orders(oms, session.broker, session.clock, broker.ticks, broker.tick_interval_s)
+    order = session.ledger.get_order(outcome.result.client_order_id)
+    assert order is not None
+    return {"item_id": item_id, "status": outcome.item.status, "approval_id": outcome.approval.approval.approval_id,
+            "client_order_id": order.client_order_id, "symbol": order.symbol, "side": order.side, "qty": order.qty,
+            "state": str(order.state), "filled_qty": order.filled_qty, "avg_fill_price": order.avg_fill_price}
 
 
 # --------------------------------------------------------------------------------------------

@@ -95,11 +95,15 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
         executor_def=dg.in_process_executor,
     )
 
+    # issue 14: in local, schedules and sensors start RUNNING (simulated clock, paper broker);
+    # in ci and prod they start stopped until a person turns them on.
+    running = env == "local"
+
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[nightly_job, execution.intraday_execution_job],
         request_job=reporting_job,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
         description="After a nightly or intraday run succeeds, rebuild the marts and the governance report.",
     )
     def reporting_after_runs(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
@@ -113,10 +117,11 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
         asset_checks=checks,
         jobs=[nightly_job, refit_job, reporting_job, execution.intraday_execution_job, execution.reconciliation_job,
               control.review_decision_job, control.trading_control_job],
-        schedules=[nightly_schedule(nightly_job, policies), refit_schedule(refit_job, policies)],
+        schedules=[nightly_schedule(nightly_job, policies, running=running),
+                   refit_schedule(refit_job, policies, running=running)],
         sensors=[
-            execution_sensor(execution.intraday_execution_job, policies),
-            reconciliation_sensor(execution.reconciliation_job, policies),
+            execution_sensor(execution.intraday_execution_job, policies, running=running),
+            reconciliation_sensor(execution.reconciliation_job, policies, running=running),
             reporting_after_runs,
         ],
         resources={**resources_for(env, root), "dbt": reporting.dbt_resource(project)},

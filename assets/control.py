@@ -17,16 +17,15 @@ Launchpad example (review)::
                  why: "confidence low but thesis re-checked with the desk"}
 """
 
+from enum import Enum
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from ais_pipelines import control
-from ais_pipelines import execution as ex
 from ais_pipelines.config import Policies
 from ais_pipelines.core.reason_codes import ReasonCode
-from ais_pipelines.oms.oms import OrderManagementSystem
-from assets.execution import APPROVAL_TTL_S, pnl_history
 from resources.policies import PoliciesResource
 from resources.trading import (
     BrokerResource,
@@ -34,26 +33,47 @@ from resources.trading import (
     LedgerResource,
     SigningKeyResource,
     control_clock,
-    open_trading_session,
 )
+
+APPROVAL_TTL_S = control.APPROVAL_TTL_S
+
+
+class ReviewDecision(Enum):
+    """What a person decides about one review item (a choice in the launchpad, not free text)."""
+
+    APPROVE = "APPROVE"
+    REJECT = "REJECT"
+
+
+class TradingAction(Enum):
+    kill_switch = "kill_switch"
+    pause = "pause"
+    resume = "resume"
+    deleverage = "deleverage"
+
+
+class ResumeTo(Enum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
 
 
 class ReviewDecisionConfig(dg.Config):
-    item_id: str = Field(description="Review item id, e.g. review:2024-03-04:MSFT:BUY (`ais review list`).")
-    decision: str = Field(description="APPROVE or REJECT.")
+    item_id: str = Field(description="Review item id, e.g. review:2024-03-04:MSFT:BUY; `ais review list` "
+                         "lists the pending ones.")
+    decision: ReviewDecision = Field(description="APPROVE (re-check, sign, submit) or REJECT (nothing is sent).")
     actor: str = Field(description="Who decides: a person or role of policies/operators.yaml (audited).")
     why: str = Field(description="Why (mandatory, recorded in the audit log).")
 
 
 class TradingControlConfig(dg.Config):
-    action: str = Field(description="kill_switch | pause | resume | deleverage")
+    action: TradingAction = Field(description="kill_switch | pause | resume | deleverage")
     actor: str = Field(description="Who (resume: a person or role of policies/operators.yaml).")
     why: str = Field(description="Why (mandatory, recorded in the audit log).")
-    to: str = Field(default="ACTIVE", description="resume only: ACTIVE or REDUCING.")
+    to: ResumeTo = Field(default=ResumeTo.ACTIVE, description="resume only: ACTIVE or REDUCING.")
 
 
 def _fail(exc: control.ControlError) -> dg.Failure:
-    codes = ";".join(exc.reason_codes) or str(ReasonCode.HUMAN_REJECTED)
+    codes = ";".join(exc.reason_codes) or str(ReasonCode.USAGE_ERROR)
     return dg.Failure(description=f"{codes}: {exc}", metadata={"reason_codes": codes}, allow_retries=False)
 
 
@@ -68,15 +88,9 @@ def review_decision(
     execution_clock: ExecutionClockResource,
     broker: BrokerResource,
 ) -> dg.Output[dict]:
-    decision = config.decision.strip().upper()
-    if decision not in control.REVIEW_DECISIONS:
-        raise dg.Failure(f"decision must be one of {control.REVIEW_DECISIONS}, got {config.decision!r}")
-    store = ledger.store()
-    item = store.get_review(config.item_id)
-    if item is None:
-        raise _fail(control.ControlError(f"review item {config.item_id} does not exist"))
     pol = policies.load()
-    if decision == "REJECT":
+    if config.decision is ReviewDecision.REJECT:
+        store = ledger.store()
         _as_of, clock = control_clock(pol, store, execution_clock)
         try:
             done = control.reject_review(store, ledger.audit(), config.item_id, actor=config.actor, why=config.why,
@@ -103,42 +117,12 @@ def approve(
     actor: str,
     why: str,
 ) -> dict:
-    """APPROVE path shared with the CLI: fresh session for the item's D, recheck, sign, submit, work."""
-    try:  # who first: an undeclared or service actor opens no session and fetches no quote
-        control.authorize(pol, actor, "approve")
+    """The APPROVE path (:func:`ais_pipelines.control.approve_item`, shared with the CLI) as a step."""
+    try:
+        return control.approve_item(pol, warehouse.database, ledger, signing_key, execution_clock, broker,
+                                    item_id, actor=actor, why=why)
     except control.ControlError as exc:
         raise _fail(exc) from exc
-    key = signing_key.key()  # fail closed before any broker call
-    store = ledger.store()
-    item = store.get_review(item_id)
-    if item is None:
-        raise _fail(control.ControlError(f"review item {item_id} does not exist"))
-    as_of = str(item.order_payload.get("as_of"))
-    try:
-        env_policy = ex.load_environment_policy(policy_dir=pol.directory)
-    except ex.PolicyError as exc:
-        raise dg.Failure(f"{ReasonCode.POLICY_UNREADABLE}: {exc}", allow_retries=False) from exc
-    with warehouse.get_connection() as con:
-        session = open_trading_session(pol, con, as_of, ledger, execution_clock, broker,
-                                       not_before=ex.latest_activity(store))
-        history = pnl_history(con)
-    oms = OrderManagementSystem(session.ledger, session.broker, key, session.clock, session.audit)
-    try:
-        outcome = control.approve_review(
-            session.ledger, session.audit, oms, key, item_id, actor=actor, why=why, now=session.clock.now(),
-            ttl_s=APPROVAL_TTL_S, recheck=lambda payload: ex.hard_rule_hits(session, env_policy, payload, history),
-            policies=pol,
-        )
-    except control.ControlError as exc:
-        raise _fail(exc) from exc
-    if outcome.result is None:
-        raise _fail(control.ControlError(f"the OMS refused the approved order of {item_id}", outcome.refused_codes))
-    ex.work_orders(oms, session.broker, session.clock, broker.ticks, broker.tick_interval_s)
-    order = session.ledger.get_order(outcome.result.client_order_id)
-    assert order is not None
-    return {"item_id": item_id, "status": outcome.item.status, "approval_id": outcome.approval.approval.approval_id,
-            "client_order_id": order.client_order_id, "symbol": order.symbol, "side": order.side, "qty": order.qty,
-            "state": str(order.state), "filled_qty": order.filled_qty, "avg_fill_price": order.avg_fill_price}
 
 
 @dg.op(description="Kill switch, pause, resume or deleverage — by a named person, with a reason.")
@@ -153,13 +137,14 @@ def trading_control(
     pol = policies.load()
     _as_of, clock = control_clock(pol, store, execution_clock)
     try:
-        status = control.change_trading_state(store, ledger.audit(), config.action, actor=config.actor,
-                                              why=config.why, now=clock.now(), to=config.to, policies=pol)
+        status = control.change_trading_state(store, ledger.audit(), config.action.value, actor=config.actor,
+                                              why=config.why, now=clock.now(), to=config.to.value, policies=pol)
     except (control.ControlError, ValueError) as exc:
-        raise _fail(exc if isinstance(exc, control.ControlError) else control.ControlError(str(exc))) from exc
+        raise _fail(exc if isinstance(exc, control.ControlError)
+                    else control.ControlError(str(exc), (ReasonCode.USAGE_ERROR,))) from exc
     out = {"mode": str(status.mode), "actor": status.actor, "why": status.why,
            "reason_codes": ";".join(map(str, status.reason_codes))}
-    context.log.info(f"trading state {out['mode']} ({config.action} by {config.actor}: {config.why})")
+    context.log.info(f"trading state {out['mode']} ({config.action.value} by {config.actor}: {config.why})")
     return dg.Output(out, metadata=out)
 
 

@@ -19,6 +19,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from ais_pipelines import control
 from ais_pipelines import execution as ex
 from ais_pipelines.core.audit import verify_store
 from ais_pipelines.core.reason_codes import ReasonCode
@@ -44,7 +45,7 @@ EXECUTION = dict(group_name="execution", partitions_def=as_of_partitions, pool="
 NIGHTLY_DEPS = [dg.AssetKey(k) for k in ("order_proposals", "market_features", "data_quality",
                                          "strategy_candidates", "forecasts",
                                          "reasoning_memos")]  # issue 16: the memo is a policy input
-APPROVAL_TTL_S = 300  # an approval is good for 5 minutes of the execution clock
+APPROVAL_TTL_S = control.APPROVAL_TTL_S  # one setting for the intraday run and a human approval
 
 
 def write_partition(con: Any, table: str, frame: pd.DataFrame, as_of: Any) -> int:

@@ -74,6 +74,19 @@ def data_quality(
     )
 
 
+def gate_sentence(excluded: list[str], status: str, tradable: int, minimum: int) -> str:
+    """What a symbol-level gate's result means, in one sentence (issue 14: WARN is not a halt)."""
+    if not excluded:
+        return f"Every symbol passed; {tradable} tradable."
+    names = ", ".join(excluded[:8]) + (f" and {len(excluded) - 8} more" if len(excluded) > 8 else "")
+    n = f"{len(excluded)} symbol{'s' if len(excluded) != 1 else ''}"
+    if tradable >= minimum:
+        return (f"WARN: {n} excluded ({names}: {status}); they are never traded, the other {tradable} trade "
+                f"as usual — nothing is halted.")
+    return (f"ERROR: {n} excluded ({names}: {status}) leaves {tradable} tradable, fewer than the {minimum} "
+            f"required: nothing downstream runs.")
+
+
 def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> dg.AssetCheckResult:
     excluded = table[table["status"] == status]
     tradable = int(table["tradable"].sum())
@@ -83,6 +96,7 @@ def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> 
     return dg.AssetCheckResult(
         passed=excluded.empty,
         severity=dg.AssetCheckSeverity.WARN if enough else dg.AssetCheckSeverity.ERROR,
+        description=gate_sentence(sorted(excluded["symbol"]), status, tradable, minimum),
         metadata={
             "excluded": len(excluded),
             "excluded_symbols": symbols_md(sorted(excluded["symbol"])),

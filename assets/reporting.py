@@ -14,12 +14,13 @@ it is missing or older than the project's files — in the definitions factory, 
 """
 
 
-import json
+import contextlib
 import math
 import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,21 @@ def dbt_resource(project: DbtProject | None = None) -> DbtCliResource:
     return DbtCliResource(project_dir=project or dbt_project(), dbt_executable=dbt_executable())
 
 
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of the block (the dbt process inherits them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def build_dbt_assets(project: DbtProject | None = None) -> dg.AssetsDefinition:
     """The dbt models as assets (tests as checks). Call inside the definitions factory."""
     project = project or dbt_project()
@@ -191,13 +207,14 @@ def build_dbt_assets(project: DbtProject | None = None) -> dg.AssetsDefinition:
     def warehouse_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
         """``dbt build`` (models + tests) on the warehouse file the ``warehouse`` resource points to.
 
-        The path goes in as ``--vars`` (read by profiles.yml), so dbt always builds the warehouse
-        the rest of the run uses. dbt then re-parses (vars are part of its parse state): ~5–10 s."""
+        The path goes in through the profile's ``AIS_WAREHOUSE`` environment variable, and the
+        target folder is stable (next to the warehouse), so dbt's partial parse of the previous
+        run is reused (issue 14: a per-run folder or ``--vars`` made every run re-parse)."""
         database = Path(warehouse.database).resolve()
-        # Run artefacts (run_results.json, logs) next to the warehouse, in the runtime directory.
-        target = database.parent / "dbt_target" / context.run.run_id[:8]
-        yield from dbt.cli(["build", "--vars", json.dumps({"warehouse_path": str(database)})], context=context,
-                           target_path=target).stream()
+        target = database.parent / "dbt_target"  # run_results.json, dbt.log, partial_parse.msgpack
+        with _environment(AIS_WAREHOUSE=str(database)):  # read when the dbt process is started
+            invocation = dbt.cli(["build"], context=context, target_path=target)
+        yield from invocation.stream()
 
     return warehouse_marts
 

@@ -229,7 +229,11 @@ def execution_gate(
 # sensors
 
 
-def execution_sensor(job: Any, policies: Policies) -> dg.SensorDefinition:
+def sensor_status(running: bool) -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+
+
+def execution_sensor(job: Any, policies: Policies, *, running: bool = False) -> dg.SensorDefinition:
     """The sensor that starts trading; its interval is policies.schedules.intraday (default 30 s)."""
     interval = policies.schedules.intraday.execution_sensor_interval_s
 
@@ -237,7 +241,7 @@ def execution_sensor(job: Any, policies: Policies) -> dg.SensorDefinition:
         name="execution_sensor",
         job=job,
         minimum_interval_seconds=interval,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=sensor_status(running),
         description="Launch intraday_execution_job for the latest nightly partition D once its quality, history, "
         "CVaR and impact checks passed, proposals exist, trading is allowed and the market is open.",
     )
@@ -268,14 +272,14 @@ def execution_sensor(job: Any, policies: Policies) -> dg.SensorDefinition:
     return _execution_sensor
 
 
-def reconciliation_sensor(job: Any, policies: Policies) -> dg.SensorDefinition:
+def reconciliation_sensor(job: Any, policies: Policies, *, running: bool = False) -> dg.SensorDefinition:
     interval = policies.schedules.intraday.reconciliation_sensor_interval_s
 
     @dg.sensor(
         name="reconciliation_sensor",
         job=job,
         minimum_interval_seconds=interval,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=sensor_status(running),
         description="Compare the ledger with the broker; launch reconciliation_job whenever the books changed, "
         "so every mismatch is recorded and pauses trading.",
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -270,3 +271,94 @@ def traded_notional_by_day(fills: pd.DataFrame, tz: str = "UTC") -> pd.Series:
     notional = (f["qty"] * f["price"]).groupby(day.rename("date"), sort=True).sum()
     notional.index = pd.DatetimeIndex(notional.index, name="date").as_unit("ns")
     return notional.rename("traded_notional").astype("float64")
+
+
+# --------------------------------------------------------------------------------------------
+# the book per session (issue 14: one truth for NAV, P&L, drawdown and exposure)
+
+SESSION_TZ = "America/New_York"  # a fill belongs to the market-local date it happened on
+DAILY_BOOK_COLUMNS: tuple[str, ...] = ("date", "nav", "cash", "realized_pnl", "unrealized_pnl", "gross_exposure",
+                                       "open_positions")
+
+
+def local_session_date(ts: pd.Series, tz: str = SESSION_TZ) -> pd.Series:
+    """Market-local date of naive-UTC (or aware) timestamps."""
+    t = pd.to_datetime(ts)
+    if t.dt.tz is None:
+        t = t.dt.tz_localize("UTC")
+    return t.dt.tz_convert(tz).dt.date
+
+
+def daily_marks(closes: pd.DataFrame, per_fill: pd.DataFrame) -> pd.DataFrame:
+    """One mark per (symbol, session day): the close if there is one, else the day's last fill.
+
+    ``closes``: ``symbol, date, close``; ``per_fill``: :func:`fill_pnl` rows with a ``day`` column.
+    """
+    parts = []
+    if not closes.empty:
+        b = closes.loc[closes["close"] > 0, ["symbol", "date", "close"]].copy()
+        b["day"] = pd.to_datetime(b["date"]).dt.normalize()
+        parts.append(pd.DataFrame({"symbol": b["symbol"], "day": b["day"], "price": b["close"], "prio": 1,
+                                   "ts": pd.NaT}))
+    if not per_fill.empty:
+        parts.append(pd.DataFrame({"symbol": per_fill["symbol"], "day": per_fill["day"], "price": per_fill["price"],
+                                   "prio": 2, "ts": per_fill["ts"].dt.tz_localize(None)}))
+    if not parts:
+        return pd.DataFrame(columns=["symbol", "day", "price"])
+    m = pd.concat(parts, ignore_index=True)
+    m = m.sort_values(["symbol", "day", "prio", "ts"], ascending=[True, True, True, False], na_position="last")
+    return m.drop_duplicates(["symbol", "day"], keep="first")[["symbol", "day", "price"]]
+
+
+def daily_book(
+    fills: pd.DataFrame, closes: pd.DataFrame, *, starting_cash: float, end: date, tz: str = SESSION_TZ
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The paper book at the end of every session from the first fill up to ``end`` (market-local).
+
+    The one definition of NAV, cash, P&L and exposure (issue 14) behind the ``ais`` commands, the
+    governance report, the §J4 metrics and — in SQL, tested equal — the ``pnl_history`` mart:
+    average-cost positions from the ledger's fills (:func:`fill_pnl`), each marked at the
+    session's close, else the day's last fill price. Returns ``(book, per_fill, marks)``:
+    ``book`` has :data:`DAILY_BOOK_COLUMNS` (``gross_exposure`` in money, ``realized_pnl`` that
+    day's), ``per_fill`` the booked fills up to ``end`` with their ``day``, ``marks`` the marks.
+    """
+    f = fills.copy()
+    ts = pd.to_datetime(f["ts"])
+    f["ts"] = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    f = f.loc[local_session_date(f["ts"], tz) <= end]
+    per_fill = fill_pnl(f)
+    per_fill["day"] = pd.to_datetime(local_session_date(per_fill["ts"], tz))
+    if per_fill.empty:
+        return pd.DataFrame(columns=list(DAILY_BOOK_COLUMNS)), per_fill, daily_marks(closes.iloc[0:0], per_fill)
+    traded = sorted(per_fill["symbol"].unique())
+    first_day = per_fill["day"].min()
+    b = closes.loc[closes["symbol"].isin(traded)] if not closes.empty else closes
+    if not b.empty:
+        b = b.loc[(pd.to_datetime(b["date"]).dt.normalize() >= first_day)
+                  & (pd.to_datetime(b["date"]).dt.normalize() <= pd.Timestamp(end))]
+    days = sorted(set(per_fill["day"]) | (set(pd.to_datetime(b["date"]).dt.normalize()) if not b.empty else set()))
+    marks = daily_marks(closes.loc[closes["symbol"].isin(traded)] if not closes.empty else closes, per_fill)
+    last_fill = per_fill.sort_values(["ts", "fill_id"]).drop_duplicates(["symbol", "day"], keep="last")
+    realized = per_fill.groupby("day")["realized_pnl"].sum()
+    rows = []
+    for d in days:
+        mv = gross = unreal = 0.0
+        n_open = 0
+        for sym in traded:
+            book_rows = last_fill.loc[(last_fill["symbol"] == sym) & (last_fill["day"] <= d)]
+            if book_rows.empty:
+                continue
+            qty = float(book_rows.iloc[-1]["position_after"])
+            if abs(qty) < QTY_EPS:
+                continue
+            avg = float(book_rows.iloc[-1]["avg_cost_after"])
+            mk = marks.loc[(marks["symbol"] == sym) & (marks["day"] <= d)]
+            price = float(mk.iloc[-1]["price"])
+            mv += qty * price
+            gross += abs(qty * price)
+            unreal += qty * (price - avg)
+            n_open += 1
+        cash = float(starting_cash) + float(per_fill.loc[per_fill["day"] <= d, "cash_flow"].sum())
+        rows.append({"date": d, "nav": cash + mv, "cash": cash, "realized_pnl": float(realized.get(d, 0.0)),
+                     "unrealized_pnl": unreal, "gross_exposure": gross, "open_positions": n_open})
+    return pd.DataFrame(rows, columns=list(DAILY_BOOK_COLUMNS)), per_fill, marks

@@ -313,6 +313,37 @@ def load_signing_key(environ: Mapping[str, str]) -> bytes:
     return key
 
 
+DEV_KEY_FILE = "approval.key"  # under the runtime directory; local/ci only
+DEV_KEY_ENVIRONMENTS = ("local", "ci")
+
+
+def dev_key_path(runtime_root: str | os.PathLike[str]) -> Path:
+    return Path(runtime_root).resolve() / DEV_KEY_FILE
+
+
+def find_signing_key(environ: Mapping[str, str], env: str, runtime_root: str | os.PathLike[str] | None) -> bytes:
+    """The one key rule every command, job and sensor follows (issue 14):
+
+    1. ``AIS_APPROVAL_KEY`` or ``AIS_APPROVAL_KEY_FILE`` when set (:func:`load_signing_key`);
+    2. in local/ci only, the development key file ``{runtime_root}/approval.key`` if it exists;
+    3. otherwise ``SigningKeyMissingError`` saying how to create one. Never a default path in prod.
+    """
+    if environ.get(KEY_ENV, "").strip() or environ.get(KEY_FILE_ENV, "").strip():
+        return load_signing_key(environ)
+    if env in DEV_KEY_ENVIRONMENTS and runtime_root is not None:
+        path = dev_key_path(runtime_root)
+        if path.exists():
+            return load_signing_key({KEY_FILE_ENV: str(path)})
+        raise SigningKeyMissingError(
+            f"no approval signing key: set {KEY_ENV} or {KEY_FILE_ENV}, or create the development key "
+            f"{path} with `uv run ais key init`"
+        )
+    raise SigningKeyMissingError(
+        f"no approval signing key: set {KEY_ENV} or {KEY_FILE_ENV}"
+        + (" (prod never falls back to a key file by default)" if env == "prod" else "")
+    )
+
+
 def _read_key_file(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY)

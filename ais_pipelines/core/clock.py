@@ -9,9 +9,10 @@ sample bar, so the demo trades on a Saturday night too); only the Alpaca edge us
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def ensure_utc(value: datetime) -> datetime:
@@ -65,6 +66,8 @@ class SimulatedClock(FixedClock):
         cls, last_bar_session: date | pd.Timestamp, calendar: str = "XNYS", minutes_after_open: int = 30
     ) -> SimulatedClock:
         """A clock ``minutes_after_open`` into the first session after ``last_bar_session``."""
+        import pandas as pd
+
         from ais_pipelines.core.calendars import get_calendar
 
         cal = get_calendar(calendar)

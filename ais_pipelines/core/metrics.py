@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from ais_pipelines.core.accounting import QTY_EPS, validate_fills
+from ais_pipelines.core.accounting import QTY_EPS, SESSION_TZ, daily_book, validate_fills
 
 TRADING_DAYS = 252
 PNL_HISTORY_COLUMNS: tuple[str, ...] = (
@@ -168,6 +168,26 @@ def pnl_history(
         }
     )
     return out.loc[:, list(PNL_HISTORY_COLUMNS)]
+
+
+BOOK_HISTORY_COLUMNS: tuple[str, ...] = (*PNL_HISTORY_COLUMNS, "cash", "gross_exposure", "open_positions")
+
+
+def book_history(
+    fills: pd.DataFrame, closes: pd.DataFrame, *, starting_cash: float, end: Any, tz: str = SESSION_TZ
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """NAV, P&L, drawdown and exposure per session up to ``end``: :func:`accounting.daily_book`
+    through :func:`pnl_history` (``BOOK_HISTORY_COLUMNS``; ``gross_exposure`` in money). What the
+    CLI, the governance report and the metrics show (issue 14). Also returns ``per_fill, marks``."""
+    daily, per_fill, marks = daily_book(fills, closes, starting_cash=starting_cash, end=end, tz=tz)
+    if daily.empty:
+        return pd.DataFrame(columns=list(BOOK_HISTORY_COLUMNS)), per_fill, marks
+    d = daily.set_index("date")
+    history = pnl_history(d["nav"], d["realized_pnl"], d["unrealized_pnl"], starting_nav=starting_cash)
+    history["cash"] = d["cash"].to_numpy()
+    history["gross_exposure"] = d["gross_exposure"].to_numpy()
+    history["open_positions"] = d["open_positions"].to_numpy()
+    return history, per_fill, marks
 
 
 def max_drawdown(

@@ -177,6 +177,12 @@ class ReasonCode(StrEnum):
     DIVIDEND_ADJUSTED = "DIVIDEND_ADJUSTED"
     ZERO_BAR = "ZERO_BAR"
     # --- end issue 13 ------------------------------------------------------------------------
+    # --- operator commands (issue 14) ---------------------------------------------------------
+    REVIEW_ITEM_NOT_FOUND = "REVIEW_ITEM_NOT_FOUND"
+    REVIEW_ALREADY_DECIDED = "REVIEW_ALREADY_DECIDED"
+    OVERRIDE_UNJUSTIFIED = "OVERRIDE_UNJUSTIFIED"
+    NOT_A_SESSION = "NOT_A_SESSION"
+    # --- end issue 14 ---------------------------------------------------------------------------
 
 
 def codes_str(codes: list[ReasonCode] | tuple[ReasonCode, ...]) -> str:

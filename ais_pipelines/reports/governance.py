@@ -40,7 +40,12 @@ import numpy as np
 import pandas as pd
 
 from ais_pipelines.core import metrics as metrics_core
-from ais_pipelines.core.accounting import AccountingError, fill_pnl, mark_to_market, positions_from_fills
+from ais_pipelines.core.accounting import (
+    AccountingError,
+    local_session_date,
+    mark_to_market,
+    positions_from_fills,
+)
 from ais_pipelines.core.calendars import sessions_between
 from ais_pipelines.warehouse import read_table, table_exists
 
@@ -112,12 +117,7 @@ def next_session(as_of: date, calendar: str = AS_OF_CALENDAR) -> date | None:
     return nxt[0].date() if len(nxt) else None
 
 
-def _local_date(ts: pd.Series, tz: str = SESSION_TZ) -> pd.Series:
-    """Market-local date of naive-UTC (or aware) timestamps."""
-    t = pd.to_datetime(ts)
-    if t.dt.tz is None:
-        t = t.dt.tz_localize("UTC")
-    return t.dt.tz_convert(tz).dt.date
+_local_date = local_session_date  # one rule for the market-local date of a timestamp
 
 
 def _json(value: Any) -> Any:
@@ -214,31 +214,6 @@ class Book:
     metrics: dict[str, float]
 
 
-def _fills_frame(fills: pd.DataFrame) -> pd.DataFrame:
-    f = fills.copy()
-    ts = pd.to_datetime(f["ts"])
-    f["ts"] = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-    return f
-
-
-def _marks(bars: pd.DataFrame, per_fill: pd.DataFrame) -> pd.DataFrame:
-    """One mark per (symbol, local date): the close if there is one, else the day's last fill."""
-    parts = []
-    if not bars.empty:
-        b = bars.loc[bars["close"] > 0, ["symbol", "date", "close"]].copy()
-        b["day"] = pd.to_datetime(b["date"]).dt.normalize()
-        parts.append(pd.DataFrame({"symbol": b["symbol"], "day": b["day"], "price": b["close"], "prio": 1,
-                                   "ts": pd.NaT}))
-    if not per_fill.empty:
-        parts.append(pd.DataFrame({"symbol": per_fill["symbol"], "day": per_fill["day"], "price": per_fill["price"],
-                                   "prio": 2, "ts": per_fill["ts"].dt.tz_localize(None)}))
-    if not parts:
-        return pd.DataFrame(columns=["symbol", "day", "price"])
-    m = pd.concat(parts, ignore_index=True)
-    m = m.sort_values(["symbol", "day", "prio", "ts"], ascending=[True, True, True, False], na_position="last")
-    return m.drop_duplicates(["symbol", "day"], keep="first")[["symbol", "day", "price"]]
-
-
 def build_book(
     fills: pd.DataFrame,
     bars: pd.DataFrame,
@@ -264,46 +239,8 @@ def build_book(
         m = metrics_core.portfolio_metrics(positions_mtm=positions, cash=starting_cash, history=empty_hist.loc[:, list(metrics_core.PNL_HISTORY_COLUMNS)],
                                            decisions=_policy_decisions(decisions))
         return Book(empty_hist, positions, starting_cash, m)
-    f = _fills_frame(fills)
-    f = f.loc[_local_date(f["ts"], tz) <= end]
-    per_fill = fill_pnl(f)
-    per_fill["day"] = pd.to_datetime(_local_date(per_fill["ts"], tz))
-    traded = sorted(per_fill["symbol"].unique())
-    first_day = per_fill["day"].min()
-    b = bars.loc[bars["symbol"].isin(traded)] if not bars.empty else bars
-    if not b.empty:
-        b = b.loc[(pd.to_datetime(b["date"]).dt.normalize() >= first_day)
-                  & (pd.to_datetime(b["date"]).dt.normalize() <= pd.Timestamp(end))]
-    days = sorted(set(per_fill["day"]) | (set(pd.to_datetime(b["date"]).dt.normalize()) if not b.empty else set()))
-    marks = _marks(bars.loc[bars["symbol"].isin(traded)] if not bars.empty else bars, per_fill)
-    last_fill = per_fill.sort_values(["ts", "fill_id"]).drop_duplicates(["symbol", "day"], keep="last")
-    rows = []
-    for d in days:
-        mv = gross = unreal = 0.0
-        n_open = 0
-        for sym in traded:
-            book_rows = last_fill.loc[(last_fill["symbol"] == sym) & (last_fill["day"] <= d)]
-            if book_rows.empty:
-                continue
-            qty = float(book_rows.iloc[-1]["position_after"])
-            if abs(qty) < 1e-9:
-                continue
-            avg = float(book_rows.iloc[-1]["avg_cost_after"])
-            mk = marks.loc[(marks["symbol"] == sym) & (marks["day"] <= d)]
-            price = float(mk.iloc[-1]["price"])
-            mv += qty * price
-            gross += abs(qty * price)
-            unreal += qty * (price - avg)
-            n_open += 1
-        cash = starting_cash + float(per_fill.loc[per_fill["day"] <= d, "cash_flow"].sum())
-        rows.append({"date": d, "nav": cash + mv, "cash": cash, "unrealized": unreal, "gross": gross,
-                     "open": n_open})
-    daily = pd.DataFrame(rows).set_index("date")
-    realized = per_fill.groupby("day")["realized_pnl"].sum()
-    history = metrics_core.pnl_history(daily["nav"], realized, daily["unrealized"], starting_nav=starting_cash)
-    history["cash"] = daily["cash"].to_numpy()
-    history["gross_exposure"] = daily["gross"].to_numpy()
-    history["open_positions"] = daily["open"].to_numpy()
+    history, per_fill, marks = metrics_core.book_history(fills, bars, starting_cash=starting_cash, end=end, tz=tz)
+    f = per_fill.loc[:, ["fill_id", "client_order_id", "symbol", "side", "qty", "price", "fees", "ts"]]
     positions, cash = positions_from_fills(f, starting_cash)
     last_marks = marks.sort_values("day").drop_duplicates("symbol", keep="last").set_index("symbol")["price"]
     mtm = mark_to_market(positions, last_marks.to_dict(), cash=cash)
@@ -569,8 +506,8 @@ def fmt_num(v: Any, kind: str = "num") -> str:
         return f"{x:,.2f}"
     if kind == "bps":
         return f"{x:,.1f} bps"
-    if x != 0 and abs(x) < 1e-3:
-        return f"{x:.2e}"
+    if x != 0 and abs(x) < 1e-3:  # plain decimals, 3 significant digits: no e-notation for a reader
+        return np.format_float_positional(x, precision=3, unique=False, fractional=False, trim="-")
     return f"{x:,.4f}".rstrip("0").rstrip(".") if abs(x) < 1e6 else f"{x:,.0f}"
 
 
@@ -681,7 +618,7 @@ def _section_data_quality(i: GovernanceInputs) -> str:
         out.append('<p class="note">No symbol was excluded: every symbol passed the quality (score ≥ 0.6) '
                    "and history (≥ 1260 valid sessions) gates.</p>")
     else:
-        out.append('<p class="note">Stored and shown, never traded (§B4, §B5).</p>')
+        out.append('<p class="note">Stored and shown, never traded.</p>')
         out.append(html_table(excluded, ["symbol", "asset_class", "status", "data_quality_score", "valid_sessions",
                                           "expected_sessions", "missing_sessions", "return_spikes", "stale_prices",
                                           "reason_codes"]))
@@ -757,7 +694,7 @@ def _section_regime(i: GovernanceInputs) -> str:
         out.append(nothing("no fitted transition matrix", "the regime fit failed or fell back"))
     else:
         out.append(html_table(i.transition, kinds={c: "pct" for c in i.transition.columns}, index=True))
-    out.append("<h3>Inputs (§C3) and reason codes</h3>")
+    out.append("<h3>Inputs and reason codes</h3>")
     out.append(kv_table([(k, r.get(k)) for k in ("index_vs_sma200", "vol_percentile", "vix_proxy", "corr_spike",
                                                  "fit_model_version", "fit_is_fallback", "reason_codes") if k in r]))
     b = i.regime_beliefs
@@ -1010,7 +947,7 @@ def _section_pnl(i: GovernanceInputs) -> str:
                               kinds={"avg_cost": "money", "price": "money", "market_value": "money",
                                      "unrealized_pnl": "money", "realized_pnl": "money", "weight": "pct"}))
     if m:
-        out.append("<h3>All §J4 metrics</h3>")
+        out.append("<h3>All portfolio metrics</h3>")
         out.append(kv_table(sorted(m.items())))
     return "".join(out)
 

@@ -394,6 +394,40 @@ def test_pnl_history_mart_equals_core_metrics(built):
     assert book.metrics["nav"] == pytest.approx(last["nav"])
 
 
+def test_one_truth_cli_report_metrics_and_mart_agree(built, monkeypatch):
+    """Issue 14 (runs before the planted violations below change the warehouse): for the same session, ``ais execute``/the demo (cli_ops.session_book), the
+    governance report, the §J4 metrics file and the pnl_history mart give the same NAV, P&L,
+    drawdown and exposure — one function (core.metrics.book_history) behind the Python three, and
+    an independent SQL formulation in the mart."""
+    from ais_pipelines import cli_ops
+    from ais_pipelines.reports.governance import load_governance_inputs
+
+    fx, result = built
+    assert result.success
+    session = date(2024, 3, 6)  # AS_OF's orders execute in the next session
+    for k, v in {"AIS_ENV": "ci", "AIS_RUNTIME_DIR": str(fx.root), "AIS_WAREHOUSE": str(fx.warehouse),
+                 "AIS_LEDGER_URL": fx.ledger_url}.items():
+        monkeypatch.setenv(k, v)
+    cli = cli_ops.session_book(cli_ops.ops_env(), str(AS_OF))
+    con = duckdb.connect(str(fx.warehouse), read_only=True)
+    try:
+        report = load_governance_inputs(con, AS_OF)
+        mart = con.execute("SELECT * FROM marts.pnl_history WHERE date = ?", [session]).df().iloc[0]
+    finally:
+        con.close()
+    last = report.pnl.iloc[-1]
+    assert cli["session"] == session == pd.Timestamp(last["date"]).date() == pd.Timestamp(mart["date"]).date()
+    assert 100_000.0 - 1_000 < cli["nav"] < 100_000.0 + 1_000 and cli["nav"] != 100_000.0  # a real book moved
+    for col in ("nav", "daily_pnl", "drawdown", "gross_exposure", "cash", "unrealized_pnl"):
+        assert cli[col] == pytest.approx(last[col], abs=1e-9), col
+        assert cli[col] == pytest.approx(mart[col], abs=1e-6), col
+    m = report.metrics  # what write_metrics_file exports (ais_metrics.prom) and the report prints
+    assert m["nav"] == pytest.approx(cli["nav"], abs=1e-9)
+    assert m["drawdown"] == pytest.approx(cli["drawdown"], abs=1e-9)
+    assert m["daily_pnl"] == pytest.approx(cli["daily_pnl"], abs=1e-9)
+    assert cli_ops.book_line(cli).startswith(f"Book at the end of {session} ")
+
+
 def test_planted_violations_fail_the_governance_tests(built):
     fx, _ = built
     con = duckdb.connect(str(fx.warehouse))
@@ -442,3 +476,4 @@ def test_ledger_copy_replaces_whole_tables_with_explicit_types(tmp_path: Path):
     assert row[0] == datetime(2024, 3, 6, 14, 35)  # naive UTC, as in the ledger
     assert json.loads(row[1])["as_of"] == "2024-03-05" and json.loads(row[2]) == []
     assert meta == len(LEDGER_TABLES) + 1
+

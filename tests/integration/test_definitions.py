@@ -80,3 +80,10 @@ def test_reasoning_memos_sit_between_proposals_and_the_policy(defs):
     assert "reasoning_memos" in {p.to_user_string() for p in g.get(dg.AssetKey("execution_context")).parent_keys}
     nightly = defs.resolve_job_def("nightly_job")
     assert "reasoning_memos" in {k.to_user_string() for k in nightly.asset_layer.executable_asset_keys}
+def test_schedules_and_sensors_run_by_themselves_only_in_local(defs, tmp_path):
+    """Issue 14: local starts everything RUNNING (simulated clock, paper broker); ci/prod stopped."""
+    every = [*defs.schedules, *defs.sensors]
+    assert {d.name: d.default_status.value for d in every} == {d.name: "STOPPED" for d in every}
+    local = build_definitions(env="local", runtime_root=str(tmp_path))
+    every = [*local.schedules, *local.sensors]
+    assert {d.name: d.default_status.value for d in every} == {d.name: "RUNNING" for d in every}
