@@ -197,6 +197,9 @@ def policies_validate(directory: Path = typer.Option(None, help="Policies direct
 from ais_pipelines.cli_ops import register as _register_ops  # noqa: E402  (mounts review/trading/audit/execute)
 
 _register_ops(app)
+from ais_pipelines.cli_replay import register as _register_replay  # noqa: E402  (issue 12: ais replay)
+
+_register_replay(app)
 
 def main() -> None:
     """The console entry point: private files (umask 077) and one-line errors (``--debug``: traceback)."""

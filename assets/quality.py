@@ -6,47 +6,23 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from ais_pipelines.config import Policies
-from ais_pipelines.core.data_health import HealthLimits, assess_data_health, describe_breaches
-from ais_pipelines.core.quality import QualityParams, assess_quality, unavailable_quality_rows
+from ais_pipelines import nightly
+from ais_pipelines.core.data_health import describe_breaches
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
-from ais_pipelines.warehouse import read_bars, read_table, replace_partition
-from assets._common import md_table, schema_check, symbols_md
+from ais_pipelines.warehouse import read_table
+from assets._common import md_table, schema_check, stage_failure, symbols_md
 from assets.ingestion import daily_bars
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
 from resources.trading import LedgerResource
 
-QUALITY_TABLE = "data_quality"
-HEALTH_TABLE = "data_health"
 HEALTH_ACTOR = "data_health"
-
-
-def quality_params(pol: Policies) -> QualityParams:
-    q = pol.quality
-    return QualityParams(
-        spike_sigma=q.score.spike_sigma,
-        stale_min_run=q.score.stale_min_run,
-        split_tolerance=q.score.split_tolerance,
-        weights=dict(q.score.weights),
-        invalid_below=q.score.invalid_below,
-        min_valid_sessions=q.history.min_valid_sessions,
-    )
-
-
-def latest_ingestion(con, as_of: pd.Timestamp) -> str | None:
-    """The newest ingestion run whose as-of covers ``as_of`` (its rejects are the evidence)."""
-    log = read_table(con, "ingestion_log")
-    if log.empty:
-        return None
-    log = log[pd.to_datetime(log["as_of"]) >= as_of]
-    return None if log.empty else str(log.sort_values("ingested_at").iloc[-1]["run_id"])
-
-
-def read_quality(con, as_of: pd.Timestamp) -> pd.DataFrame:
-    return read_table(con, QUALITY_TABLE, "as_of = ?", [as_of.date()])
+# One code path (issue 12): the steps live in ais_pipelines.nightly; re-exported for the checks and tests.
+QUALITY_TABLE, HEALTH_TABLE = nightly.QUALITY_TABLE, nightly.HEALTH_TABLE
+quality_params, latest_ingestion, read_quality = nightly.quality_params, nightly.latest_ingestion, nightly.read_quality
+trailing_mean_scores = nightly.trailing_mean_scores
 
 
 @dg.asset(
@@ -63,31 +39,10 @@ def data_quality(
     context: dg.AssetExecutionContext, policies: PoliciesResource, warehouse: DuckDBResource
 ) -> dg.MaterializeResult:
     pol = policies.load()
-    universe = pol.universe
     as_of = partition_as_of(context)
-    with warehouse.get_connection() as con:
-        run_id = latest_ingestion(con, as_of)
-        if run_id is None:
-            raise dg.Failure(f"no ingestion covers {as_of.date()}: materialize raw_daily_bars first")
-        bars = read_bars(con, [i.symbol for i in universe.symbols], end=as_of)
-        rejects = read_table(con, "bar_rejects", "run_id = ?", [run_id])
-        rejects = rejects[rejects["symbol"].isin(universe.asset_classes)] if not rejects.empty else rejects
-        params = quality_params(pol)
-        table = assess_quality(bars, rejects, as_of.date(), params, universe.calendars, universe.asset_classes)
-        # Symbols the provider could not deliver at all still get a row: never silently absent.
-        log = read_table(con, "ingestion_log", "run_id = ?", [run_id])
-        missing = sorted(set(universe.asset_classes) - set(table["symbol"]))
-        if missing:
-            reasons = {k: v for k, v in log.set_index("symbol")["reason_code"].items() if v} if not log.empty else {}
-            absent = unavailable_quality_rows(
-                missing, as_of.date(), asset_classes=universe.asset_classes, calendars=universe.calendars,
-                reason_codes=reasons, params=params,
-            )
-            table = pd.concat([table, absent], ignore_index=True)
-        replace_partition(con, QUALITY_TABLE, table, "as_of", as_of.date())
-        health = assess_data_health(table, log, trailing_mean_scores(con, as_of, pol.quality.health.trailing_sessions),
-                                    HealthLimits.from_policy(pol.quality.health), as_of.date())
-        replace_partition(con, HEALTH_TABLE, health.table, "as_of", as_of.date())
+    with warehouse.get_connection() as con, stage_failure():
+        out = nightly.run_quality(con, pol, as_of)
+    table, health = out.table, out.health
     counts = table["status"].value_counts().to_dict()
     worst = table.sort_values("data_quality_score").head(15)
     return dg.MaterializeResult(
@@ -109,17 +64,6 @@ def data_quality(
             "dagster/row_count": len(table),
         }
     )
-
-
-def trailing_mean_scores(con, as_of: pd.Timestamp, n: int) -> list[float]:
-    """Mean data-quality score of each of the last ``n`` assessed sessions before D (oldest first)."""
-    from ais_pipelines.warehouse import table_exists
-
-    if not table_exists(con, QUALITY_TABLE):
-        return []
-    rows = con.execute(f'SELECT as_of, avg(data_quality_score) FROM "{QUALITY_TABLE}" WHERE as_of < ? '
-                       "GROUP BY as_of ORDER BY as_of DESC LIMIT ?", [as_of.date(), n]).fetchall()
-    return [float(r[1]) for r in reversed(rows)]
 
 
 def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> dg.AssetCheckResult:

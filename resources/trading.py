@@ -27,8 +27,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import PrivateAttr
 
-from ais_pipelines.brokers.base import Broker, BrokerMode, LiveTradingRefusedError, make_broker
-from ais_pipelines.brokers.paper import PaperBroker, PaperBrokerConfig, QuoteSource
+from ais_pipelines.brokers.base import Broker, BrokerMode, LiveTradingRefusedError
+from ais_pipelines.brokers.paper import QuoteSource
 from ais_pipelines.config import Policies
 from ais_pipelines.core.approvals import SigningKeyMissingError, load_signing_key
 from ais_pipelines.core.audit import AuditAnchor, AuditChain
@@ -213,25 +213,11 @@ class BrokerResource(dg.ConfigurableResource):
 
             key, secret = self._alpaca_keys()
             return AlpacaPaperBroker(key, secret, clock, url_override=self.alpaca_url)
-        cfg = PaperBrokerConfig(
-            starting_cash=starting_cash,
-            max_participation_per_tick=self.max_participation_per_tick,
-            fee_bps=self.fee_bps,
-            regime=snapshot.regime if snapshot.regime in ("NORMAL", "VOLATILE", "CRISIS") else "CRISIS",
-        )
-        adv = snapshot.adv_shares()
-        sigma = snapshot.sigma_daily()
+        from ais_pipelines.intraday import paper_broker
 
-        def calendar_for(symbol: str) -> str:
-            from ais_pipelines.core.asset_classes import classify_symbol
-            from ais_pipelines.core.calendars import calendar_name
-
-            return calendars.get(symbol) or calendar_name(classify_symbol(symbol))
-
-        def paper() -> Broker:
-            return PaperBroker(ledger, clock, quotes, adv=adv, sigma=sigma, calendar_for=calendar_for, config=cfg)
-
-        return make_broker(mode, paper, clock)
+        return paper_broker(ledger, clock, snapshot, quotes, starting_cash=starting_cash, calendars=calendars,
+                            max_participation_per_tick=self.max_participation_per_tick, fee_bps=self.fee_bps,
+                            mode=mode)
 
 
 # --------------------------------------------------------------------------------------------
