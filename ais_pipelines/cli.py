@@ -82,6 +82,9 @@ def demo() -> None:
     typer.echo(f"Governance report:  {root / 'reports' / 'governance'}")
     typer.echo(f"Metrics:            {root / 'reports' / 'metrics' / 'ais_metrics.prom'}")
     typer.echo("Browse it all: make dev  (Dagster UI on http://127.0.0.1:3000)")
+    from ais_pipelines.cli_replay import demo_replay  # issue 12: a short walk-forward replay
+
+    ok = demo_replay(root) and ok
     if not ok:
         raise typer.Exit(1)
 

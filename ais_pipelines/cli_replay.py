@@ -52,5 +52,28 @@ def replay(
         typer.echo(f"What-if:     {report}")
 
 
+def demo_replay(root: Path, sessions: int = 10) -> bool:
+    """The demo's last step: the last ``sessions`` sample sessions replayed under runtime/replay."""
+    from ais_pipelines.config import Policies
+    from ais_pipelines.core.calendars import last_n_sessions
+    from ais_pipelines.replay import ReplayConfig, ReplayError, run_replay
+    from ais_pipelines.reports.tear_sheet import write_tear_sheet
+
+    last = Policies().providers.sample.end_session
+    days = last_n_sessions("XNYS", last, sessions + 1)
+    start, end = days[0].date(), days[-2].date()
+    typer.echo(f"\n== walk-forward replay: {sessions} sessions {start} → {end} (ais replay) ==")
+    try:
+        result = run_replay(ReplayConfig(start, end, root / "replay", overwrite=True),
+                            progress=lambda p: typer.echo(p.line()))
+    except ReplayError as exc:
+        typer.echo(f"replay refused: {exc}", err=True)
+        return False
+    sheet = write_tear_sheet(result.warehouse, result.out / "tear_sheet.html")
+    typer.echo(f"Replay digest:      {result.digest}")
+    typer.echo(f"Tear sheet:         {sheet}")
+    return True
+
+
 def register(app: typer.Typer) -> None:
     app.command("replay")(replay)

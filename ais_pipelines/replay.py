@@ -298,12 +298,14 @@ def _scripted_audit(audit: AuditChain, store: LedgerStore, what: str, target: st
 
 def _scripted_reviews(session: ex.TradingSession, oms: OrderManagementSystem, key: bytes, rules: ReplayRules,
                       env_policy: ex.EnvironmentPolicy, history: pd.DataFrame, decisions: pd.DataFrame,
-                      ctx: pd.DataFrame, state: _State) -> None:
+                      ctx: pd.DataFrame, state: _State) -> list[ex.ApprovedOrder]:
+    """Decide every queued item by the declared rule; returns the approvals submitted."""
     from ais_pipelines import control
 
+    done: list[ex.ApprovedOrder] = []
     queued = decisions[decisions["decision"] == "REVIEW"] if len(decisions) else decisions
     if queued.empty:
-        return
+        return done
     conf = ctx.set_index("order_id")["confidence"] if "confidence" in ctx.columns else pd.Series(dtype=float)
     rule = rules.review
     for oid, item_id in zip(queued["order_id"], queued["review_item_id"], strict=True):
@@ -321,13 +323,15 @@ def _scripted_reviews(session: ex.TradingSession, oms: OrderManagementSystem, ke
                 control.reject_review(session.ledger, session.audit, item_id, actor=rule.actor, why=why, now=now,
                                       policies=session.policies)
             else:
-                control.approve_review(
+                res = control.approve_review(
                     session.ledger, session.audit, oms, key, item_id, actor=rule.actor, why=why, now=now,
                     ttl_s=APPROVAL_TTL_S, policies=session.policies,
                     recheck=lambda payload: ex.hard_rule_hits(session, env_policy, payload, history),
                 )
+                done.append(res.approval)
         except control.ControlError:
             continue  # refused (hard rule now, trading state): the item stays PENDING, as for a person
+    return done
 
 
 def _scripted_resume(store: LedgerStore, audit: AuditChain, pol: Policies, rules: ReplayRules, index: int,
@@ -394,9 +398,11 @@ def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, 
     gov = intraday.govern(store, audit, ctx, env_policy, key, ic.now, APPROVAL_TTL_S)
     write_partition(con, "governance_decisions", gov.decisions, as_of)
     write_partition(con, "governance_rule_hits", gov.hits, as_of)
-    outcome = ex.execute(oms, session.broker, gov.approved, session.clock, cfg.ticks, cfg.tick_interval_s)
-    _scripted_reviews(session, oms, key, rules, env_policy, history, gov.decisions, ctx, state)
-    ex.work_orders(oms, session.broker, session.clock, cfg.ticks, cfg.tick_interval_s)
+    # Scripted review decisions first (a person at the desk when the session opens); their
+    # approvals go through the same OMS call again (idempotent: the original order, once).
+    scripted = _scripted_reviews(session, oms, key, rules, env_policy, history, gov.decisions, ctx, state)
+    outcome = ex.execute(oms, session.broker, [*gov.approved, *scripted], session.clock, cfg.ticks,
+                         cfg.tick_interval_s)
     _expire_day_orders(oms, store)
     orders = outcome.orders.copy()
     props = session.snapshot.proposals
