@@ -52,7 +52,7 @@ def replay(
         typer.echo(f"What-if:     {report}")
 
 
-def demo_replay(root: Path, sessions: int = 10) -> bool:
+def demo_replay(root: Path, sessions: int = 6) -> bool:
     """The demo's last step: the last ``sessions`` sample sessions replayed under runtime/replay."""
     from ais_pipelines.config import Policies
     from ais_pipelines.core.calendars import last_n_sessions

@@ -46,6 +46,7 @@ def resources_for(env: str, runtime_root: str) -> dict[str, object]:
 def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
     from ais_pipelines.runtime_files import private_umask
     from assets import control, execution, ingestion, intelligence, portfolio, quality, reporting
+    from assets import replay as replay_assets  # issue 12: the walk-forward replay job
     from sensors.execution import execution_sensor, reconciliation_sensor
     from sensors.schedules import nightly_schedule, refit_schedule
 
@@ -57,6 +58,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     asset_modules = [ingestion, quality, intelligence, portfolio, execution]
     project = reporting.dbt_project()  # parses the dbt manifest only when it is missing or stale
     assets = [*dg.load_assets_from_modules(asset_modules), *reporting.reporting_assets(project)]
+    assets += [replay_assets.replay_session, replay_assets.replay_tear_sheet]  # issue 12
     checks = dg.load_asset_checks_from_modules(asset_modules)
 
     nightly_job = dg.define_asset_job(
@@ -98,7 +100,8 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
         assets=assets,
         asset_checks=checks,
         jobs=[nightly_job, refit_job, reporting_job, execution.intraday_execution_job, execution.reconciliation_job,
-              control.review_decision_job, control.trading_control_job],
+              control.review_decision_job, control.trading_control_job,
+              replay_assets.replay_job],  # issue 12
         schedules=[nightly_schedule(nightly_job, policies), refit_schedule(refit_job, policies)],
         sensors=[
             execution_sensor(execution.intraday_execution_job, policies),

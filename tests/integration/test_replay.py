@@ -13,7 +13,14 @@ import pytest
 
 from ais_pipelines.control import verify_audit
 from ais_pipelines.ledger.store import LedgerStore
-from ais_pipelines.replay import DIGEST_TABLES, ReplayConfig, ReplayError, replay_digest, run_replay
+from ais_pipelines.replay import (
+    DIGEST_TABLES,
+    ReplayConfig,
+    ReplayError,
+    ReplayResult,
+    replay_digest,
+    run_replay,
+)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 D1, D2 = date(2026, 11, 18), date(2026, 11, 19)
@@ -39,12 +46,21 @@ def test_replay_is_deterministic_isolated_and_audited(policies_dir: Path, tmp_pa
     live = tmp_path / "live_runtime"
     live.mkdir()
     monkeypatch.setenv("AIS_RUNTIME_DIR", str(live))
-    runs = []
-    for name in ("a", "b"):
-        cfg = ReplayConfig(D1, D2, tmp_path / name, policies_dir=policies_dir)
-        runs.append(run_replay(cfg))
-    a, b = runs
-    assert a.digest == b.digest and len(a.digest) == 64
+    from typer.testing import CliRunner
+
+    from ais_pipelines.cli import app
+
+    # Run a through the CLI (progress, digest, tear sheet), run b through the driver directly.
+    cli = CliRunner().invoke(app, ["replay", "--start", str(D1), "--end", str(D2), "--out", str(tmp_path / "a"),
+                                   "--policies", str(policies_dir)])
+    assert cli.exit_code == 0, cli.output
+    assert "[2/2] 2026-11-19" in cli.output and "ETA" in cli.output
+    b = run_replay(ReplayConfig(D1, D2, tmp_path / "b", policies_dir=policies_dir))
+    assert f"Digest:      {b.digest}" in cli.output and len(b.digest) == 64
+    sheet = (tmp_path / "a" / "tear_sheet.html").read_text()
+    assert "data:image/png;base64," in sheet and "http://" not in sheet and "https://" not in sheet
+    assert "<script" not in sheet and "Sharpe ratio" in sheet
+    a = ReplayResult(tmp_path / "a", b.sessions, b.digest, 0.0, b.track_record)  # the CLI's, same digest
     assert [s for s in a.sessions] == [D1, D2]
     # Same decisions, orders, fills and NAV, table by table (what the digest covers).
     for name, keys in DIGEST_TABLES.items():
@@ -91,11 +107,23 @@ def test_replayed_session_equals_the_dagster_partition_run(policies_dir: Path, r
         r = defs.resolve_job_def(job).execute_in_process(partition_key=str(D1), instance=inst, run_config=QUIET,
                                                          raise_on_error=False)
         assert r.success
-    rep = run_replay(ReplayConfig(D1, D1, tmp_path / "replay", policies_dir=policies_dir))
+    # The replay through its Dagster job (run config; outputs are assets) — the same driver as the CLI.
+    out = tmp_path / "replay"
+    r = defs.resolve_job_def("replay_job").execute_in_process(
+        instance=inst, raise_on_error=False,
+        run_config={**QUIET, "ops": {"replay_tear_sheet": {"config": {"start": str(D1), "end": str(D1),
+                                                                         "out": str(out)}}}})
+    assert r.success
+    mats = [e.event_specific_data.materialization for e in r.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+    session = [m for m in mats if m.asset_key.to_user_string() == "replay_session"]
+    assert [m.partition for m in session] == [str(D1)]
+    assert session[0].metadata["nav"].value > 0 and "predicted_cvar" in session[0].metadata
+    sheet = [m for m in mats if m.asset_key.to_user_string() == "replay_tear_sheet"][0]
+    assert len(sheet.metadata["digest"].value) == 64 and (out / "tear_sheet.html").exists()
     dag = runtime_root / "warehouse.duckdb"
     for name, keys in (("capital_allocations", ["candidate_id"]), ("auction_symbols", ["symbol"]),
                        ("order_proposals", ["symbol", "side"]), ("strategy_candidates", ["candidate_id"]),
                        ("portfolio_cvar", ["var"]), ("regime_probabilities", ["regime"])):
-        mine, theirs = table(rep.warehouse, name, D1), table(dag, name, D1)
+        mine, theirs = table(out / "warehouse.duckdb", name, D1), table(dag, name, D1)
         assert len(mine) > 0, name
         assert canonical(mine, keys) == canonical(theirs, keys), name
