@@ -54,7 +54,7 @@ def demo() -> None:
     if key is not None:
         typer.echo(f"Approval key: {key} (development key, owner-only; `ais key init` makes one)")
 
-    with Stage("loading the code location", log, number=1) as st:
+    with Stage("loading the code location", log, number=1, total=6) as st:
         import dagster as dg
 
         from ais_pipelines.definitions import build_definitions
@@ -64,19 +64,28 @@ def demo() -> None:
         st.done(f"{len(list(defs.resolve_all_job_defs()))} jobs")
 
     ok = True
-    with Stage(f"model refit [{fit}]", log, number=2) as st:
+    with Stage(f"model refit [{fit}]", log, number=2, total=6) as st:
         ok = _run_job(defs, instance, "model_refit_job", str(fit), st) and ok
-    with Stage(f"nightly materialization [{d}]", log, number=3) as st:
+    with Stage(f"nightly materialization [{d}]", log, number=3, total=6) as st:
         ok = _run_job(defs, instance, "nightly_job", str(d), st) and ok
         st.note(_quality_line(root, d))
-    with Stage(f"intraday execution of {d} on the paper broker", log, number=4) as st:
+    with Stage(f"intraday execution of {d} on the paper broker", log, number=4, total=6) as st:
         ok = _run_execution(str(d), st) and ok
-    with Stage(f"dbt marts and governance report [{d}]", log, number=5) as st:
+    with Stage(f"dbt marts and governance report [{d}]", log, number=5, total=6) as st:
         ok = _run_job(defs, instance, "reporting_job", str(d), st) and ok
         log.flush()
         dbt_summary = _dbt_summary(log_path, logs / "dbt.log")
         if dbt_summary:
             st.note(dbt_summary)
+
+    with Stage("walk-forward replay of the last sample sessions", log, number=6, total=6) as st:
+        from ais_pipelines.cli_replay import demo_replay  # issue 12
+
+        replay_ok, lines = demo_replay(root)
+        ok = replay_ok and ok
+        st.done(lines[0], ok=replay_ok)
+        for line in lines[1:]:
+            st.note(line)
 
     typer.echo("")
     for what, where in where_everything_is(root):
@@ -265,6 +274,9 @@ _register_ops(app)
 from ais_pipelines.cli_data import register as _register_data  # noqa: E402  (issue 13: ais ingest, ais quality show)
 
 _register_data(app)
+from ais_pipelines.cli_replay import register as _register_replay  # noqa: E402  (issue 12: ais replay)
+
+_register_replay(app)
 
 
 def main() -> None:

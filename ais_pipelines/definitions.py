@@ -59,6 +59,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
         reasoning,
         reporting,
     )
+    from assets import replay as replay_assets  # issue 12: the walk-forward replay job
     from sensors.execution import execution_sensor, reconciliation_sensor
     from sensors.schedules import nightly_schedule, refit_schedule
 
@@ -70,6 +71,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     asset_modules = [ingestion, quality, intelligence, portfolio, execution, reasoning, macro]  # last 2: issue 16
     project = reporting.dbt_project()  # parses the dbt manifest only when it is missing or stale
     assets = [*dg.load_assets_from_modules(asset_modules), *reporting.reporting_assets(project)]
+    assets += [replay_assets.replay_session, replay_assets.replay_tear_sheet]  # issue 12
     checks = dg.load_asset_checks_from_modules(asset_modules)
 
     nightly_job = dg.define_asset_job(
@@ -116,7 +118,8 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
         assets=assets,
         asset_checks=checks,
         jobs=[nightly_job, refit_job, reporting_job, execution.intraday_execution_job, execution.reconciliation_job,
-              control.review_decision_job, control.trading_control_job],
+              control.review_decision_job, control.trading_control_job,
+              replay_assets.replay_job],  # issue 12
         schedules=[nightly_schedule(nightly_job, policies, running=running),
                    refit_schedule(refit_job, policies, running=running)],
         sensors=[

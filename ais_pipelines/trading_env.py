@@ -241,34 +241,17 @@ class BrokerSettings(_Fails, BaseModel):
         starting_cash: float,
         calendars: dict[str, str],
     ) -> Broker:
-        from ais_pipelines.brokers.base import make_broker
-        from ais_pipelines.brokers.paper import PaperBroker, PaperBrokerConfig
-
         mode = self.broker_mode()  # live raises before anything is built
         if self.kind == "alpaca_paper":
             from ais_pipelines.brokers.alpaca import AlpacaPaperBroker
 
             key, secret = self._alpaca_keys()
             return AlpacaPaperBroker(key, secret, clock, url_override=self.alpaca_url)
-        cfg = PaperBrokerConfig(
-            starting_cash=starting_cash,
-            max_participation_per_tick=self.max_participation_per_tick,
-            fee_bps=self.fee_bps,
-            regime=snapshot.regime if snapshot.regime in ("NORMAL", "VOLATILE", "CRISIS") else "CRISIS",
-        )
-        adv = snapshot.adv_shares()
-        sigma = snapshot.sigma_daily()
+        from ais_pipelines.intraday import paper_broker  # one paper broker for the assets, CLI and replay
 
-        def calendar_for(symbol: str) -> str:
-            from ais_pipelines.core.asset_classes import classify_symbol
-            from ais_pipelines.core.calendars import calendar_name
-
-            return calendars.get(symbol) or calendar_name(classify_symbol(symbol))
-
-        def paper() -> Broker:
-            return PaperBroker(ledger, clock, quotes, adv=adv, sigma=sigma, calendar_for=calendar_for, config=cfg)
-
-        return make_broker(mode, paper, clock)
+        return paper_broker(ledger, clock, snapshot, quotes, starting_cash=starting_cash, calendars=calendars,
+                            max_participation_per_tick=self.max_participation_per_tick, fee_bps=self.fee_bps,
+                            mode=mode)
 
 
 # --------------------------------------------------------------------------------------------

@@ -152,11 +152,16 @@ def replace_partition(
         if not table_exists(con, table):
             con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming_partition LIMIT 0')
         else:
-            existing = {r[0] for r in con.execute(f"DESCRIBE \"{table}\"").fetchall()}
+            existing = {r[0]: r[1] for r in con.execute(f"DESCRIBE \"{table}\"").fetchall()}
             for col in frame.columns:
                 if col not in existing:  # additive schema evolution only
                     dtype = fetch_one(con, f"SELECT typeof(\"{col}\") FROM incoming_partition LIMIT 1")
                     con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{col}" {dtype[0] if dtype else "VARCHAR"}')
+                elif existing[col] == '"NULL"' or existing[col] == "NULL":
+                    # created from an empty first partition without a type: take the first real one
+                    dtype = fetch_one(con, f"SELECT typeof(\"{col}\") FROM incoming_partition LIMIT 1")
+                    if dtype and dtype[0] != "NULL":
+                        con.execute(f'ALTER TABLE "{table}" ALTER "{col}" TYPE {dtype[0]}')
         con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
         con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_partition')
         con.execute("COMMIT")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import dagster as dg
 import pandas as pd
@@ -39,3 +40,14 @@ def schema_check(schema: type, frame: pd.DataFrame, *, what: str, max_cases: int
 
 def symbols_md(symbols: Sequence[str]) -> str:
     return ", ".join(symbols) if symbols else "none"
+
+
+@contextmanager
+def stage_failure() -> Iterator[None]:
+    """A nightly step's missing input (``StageInputMissing``) fails the asset with its message."""
+    from ais_pipelines.nightly import StageInputMissing
+
+    try:
+        yield
+    except StageInputMissing as exc:
+        raise dg.Failure(str(exc)) from exc

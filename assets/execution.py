@@ -19,7 +19,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from ais_pipelines import control
+from ais_pipelines import control, intraday
 from ais_pipelines import execution as ex
 from ais_pipelines.core.audit import verify_store
 from ais_pipelines.core.reason_codes import ReasonCode
@@ -202,25 +202,10 @@ def approved_orders(
         ctx = read_partition(con, "execution_context", as_of)
         if not ctx.empty:
             ctx["quote_ts"] = pd.to_datetime(ctx["quote_ts"], utc=True)
-        batch = ex.decide(ctx, env_policy, now, APPROVAL_TTL_S) if len(ctx) else None
-        approved = ex.sign_approvals(batch, ctx, key) if batch else []
-        if batch is not None:
-            ids = ex.record_governance(store, ledger.audit(), batch, approved, ctx, now, env_policy)
-            decisions = batch.decisions.copy()
-            decisions["approval_id"] = decisions["order_id"].map(ids)
-            decisions["review_item_id"] = decisions["order_id"].where(decisions["decision"] == "REVIEW").map(
-                lambda o: ex.review_item_id(o) if isinstance(o, str) else None
-            )
-            if "reasoning_memo_id" in ctx.columns:  # issue 16: the memo next to its decision
-                memo_ids = ctx.set_index("order_id")["reasoning_memo_id"]
-                decisions["reasoning_memo_id"] = decisions["order_id"].map(memo_ids).fillna("").astype("string")
-            hits = batch.hits
-        else:
-            decisions = ex.typed([], {**ex.DECISION_DTYPES, "approval_id": "string", "review_item_id": "string"})
-            hits = ex.typed([], ex.HIT_DTYPES)
+        gov = intraday.govern(store, ledger.audit(), ctx, env_policy, key, now, APPROVAL_TTL_S)
+        decisions, hits, counts = gov.decisions, gov.hits, gov.counts
         write_partition(con, "governance_decisions", decisions, as_of)
         write_partition(con, "governance_rule_hits", hits, as_of)
-    counts = batch.counts() if batch else {"APPROVE": 0, "REVIEW": 0, "REJECT": 0}
     overrides = pd.DataFrame([o.__dict__ for o in env_policy.overrides])
     by_rule = hits.groupby(["rule_id", "action"]).size().rename("hits").reset_index() if len(hits) else hits
     return dg.MaterializeResult(
@@ -402,20 +387,8 @@ def portfolio_state(
         previous = read_table(con, "positions_snapshot", "as_of < ?", [as_of])
         held = session.broker.get_positions()
         quotes = ex.fetch_quotes(session.quotes, held, session.clock.now())
-        open_nav, peak = ex.session_navs(history, as_of, session.starting_nav)
-        opening: dict[str, float] = {}
-        if not previous.empty:
-            last = previous[previous["as_of"] == previous["as_of"].max()]
-            opening = {str(s): float(v) for s, v in zip(last["symbol"], last["market_value"], strict=True)}
-        state = ex.portfolio_state(
-            store, session.broker, ex.marks_from_quotes(quotes), session.starting_nav, open_nav, peak,
-            ex.daily_expectations(session.snapshot.forecasts, pol.risk.horizon_sessions), opening,
-        )
-        oms = OrderManagementSystem(store, session.broker, key, session.clock, session.audit)
-        status = ex.apply_daily_loss_limit(oms, state, pol.risk.daily_loss_limit)
-        row = {**state.summary(), "trading_mode": str(status.mode),
-               "kill_switch": status.mode is TradingMode.HALTED,
-               "reason_codes": ";".join(map(str, status.reason_codes)), "valued_at": session.clock.now()}
+        val = intraday.value_session(session, key, ex.marks_from_quotes(quotes), history, previous)
+        state, status, row = val.state, val.status, val.row
         write_partition(con, "pnl_history", pd.DataFrame([row]), as_of)
         write_partition(con, "positions_snapshot", state.positions, as_of)
     release_lease(store, str(as_of), lease_owner(context))  # the last step of the session's run

@@ -6,11 +6,12 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from ais_pipelines import nightly
 from ais_pipelines.bars_cache import run_bars
 from ais_pipelines.core.data_health import describe_breaches
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
-from ais_pipelines.data_stages import HEALTH_TABLE, QUALITY_TABLE, NoIngestionError, assess_and_store_quality
+from ais_pipelines.data_stages import HEALTH_TABLE, NoIngestionError, assess_and_store_quality
 from ais_pipelines.warehouse import read_table
 from assets._common import md_table, schema_check, symbols_md
 from assets.ingestion import daily_bars
@@ -22,8 +23,7 @@ from resources.trading import LedgerResource
 HEALTH_ACTOR = "data_health"
 
 
-def read_quality(con, as_of: pd.Timestamp) -> pd.DataFrame:
-    return read_table(con, QUALITY_TABLE, "as_of = ?", [as_of.date()])
+read_quality = nightly.read_quality  # one reader for the checks, the steps and the replay
 
 
 @dg.asset(

@@ -1,0 +1,150 @@
+"""Walk-forward replay vs the Dagster per-partition backfill of the same sessions (issue 12).
+
+Peer (today's path): for each session D, the nightly_job partition D and the
+intraday_execution_job partition D, in process, on an ephemeral instance (what a backfill of
+those partitions does, minus the daemon). Measured in the same run on the same sessions and
+universe. Optionally a longer replay at a larger synthetic universe (``--big-symbols``) to
+extrapolate 252 sessions. Run:
+
+    uv run python benchmarks/bench_replay.py [--sessions 3] [--big-symbols 100 --big-sessions 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def sessions_before(end: str, n: int) -> list[str]:
+    from ais_pipelines.core.calendars import last_n_sessions
+
+    days = last_n_sessions("XNYS", end, n + 1)
+    return [d.date().isoformat() for d in days[:-1]]
+
+
+def policies_copy(tmp: Path, symbols: int | None) -> Path:
+    from ais_pipelines.config import DEFAULT_POLICIES_DIR
+
+    d = tmp / "policies"
+    shutil.copytree(DEFAULT_POLICIES_DIR, d)
+    if symbols:
+        from ais_pipelines.market_data.sample import synthetic_universe
+
+        uni = {"name": f"bench-{symbols}", "benchmark": "equal_weight_stocks",
+               "symbols": [{"symbol": i.symbol, "asset_class": str(i.asset_class), "sector": i.sector}
+                           for i in synthetic_universe(symbols + 2) if str(i.asset_class) != "CRYPTO"][:symbols]}
+        # Crypto trades 24/7: the sample's 1320 crypto days are ~3.6 years, too short for the scenario window.
+        (d / "universe.yaml").write_text(yaml.safe_dump(uni, sort_keys=False))
+        prov = yaml.safe_load((d / "providers.yaml").read_text())
+        prov["sample"]["defects"] = []  # the demo's defects name demo symbols
+        (d / "providers.yaml").write_text(yaml.safe_dump(prov, sort_keys=False))
+    return d
+
+
+def time_replay(sessions: list[str], pol: Path, out: Path) -> tuple[float, dict[str, float]]:
+    from datetime import date
+
+    from ais_pipelines.replay import ReplayConfig, run_replay
+
+    t = time.perf_counter()
+    r = run_replay(ReplayConfig(date.fromisoformat(sessions[0]), date.fromisoformat(sessions[-1]), out,
+                                policies_dir=pol, overwrite=True))
+    return time.perf_counter() - t, r.timings_s
+
+
+def time_dagster(sessions: list[str], pol: Path, runtime: Path) -> float:
+    import dagster as dg
+
+    from ais_pipelines.definitions import build_definitions
+
+    os.environ["AIS_POLICIES_DIR"] = str(pol)
+    os.environ.setdefault("AIS_APPROVAL_KEY", "00" * 32)
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    defs = build_definitions(env="ci", runtime_root=str(runtime))
+    inst = dg.DagsterInstance.ephemeral()
+    t = time.perf_counter()
+    defs.resolve_job_def("model_refit_job").execute_in_process(partition_key=sessions[0], instance=inst,
+                                                               run_config=quiet, raise_on_error=False)
+    for d in sessions:
+        for job in ("nightly_job", "intraday_execution_job"):
+            r = defs.resolve_job_def(job).execute_in_process(partition_key=d, instance=inst, run_config=quiet,
+                                                             raise_on_error=False)
+            if not r.success:
+                print(f"  (peer) {job} [{d}] did not succeed")
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=3)
+    ap.add_argument("--end", default="2026-11-20")
+    ap.add_argument("--big-symbols", type=int, default=100)
+    ap.add_argument("--big-sessions", type=int, default=3)
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = ap.parse_args()
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+    sessions = sessions_before(args.end, args.sessions)
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        pol = policies_copy(tmp, None)
+        rep_s, timings = time_replay(sessions, pol, tmp / "replay")
+        print(f"replay: {len(sessions)} sessions in {rep_s:.1f} s ({rep_s / len(sessions):.2f} s/session) {timings}")
+        (tmp / "dagster").mkdir()
+        dag_s = time_dagster(sessions, pol, tmp / "dagster")
+        print(f"dagster backfill: {len(sessions)} partitions in {dag_s:.1f} s ({dag_s / len(sessions):.2f} s/partition)")
+        big = None
+        if args.big_sessions > 0:
+            bpol = policies_copy(tmp / "big", args.big_symbols)
+            bs = sessions_before(args.end, args.big_sessions)
+            big_s, big_t = time_replay(bs, bpol, tmp / "big" / "replay")
+            big = (len(bs), big_s, big_t)
+            print(f"replay at {args.big_symbols} symbols: {len(bs)} sessions in {big_s:.1f} s {big_t}")
+    per_r, per_d = rep_s / len(sessions), dag_s / len(sessions)
+    lines = [
+        "## Walk-forward replay benchmark (issue 12)", "",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC",
+        f"- machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()} (shared box)",
+        f"- workload: sessions {sessions[0]} → {sessions[-1]} ({len(sessions)}), demo universe, sample market;"
+        " each session = nightly decisions as of D + execution in D+1 + valuation at D+1's close",
+        "- peer: the Dagster per-partition backfill of the same sessions (nightly_job + intraday_execution_job per"
+        " partition, in process, ephemeral instance), same run", "",
+        "| path | seconds | s/session | ratio |", "|---|---:|---:|---:|",
+        f"| Dagster backfill (peer) | {dag_s:.1f} | {per_d:.2f} | 1.0× |",
+        f"| `ais replay` | {rep_s:.1f} | {per_r:.2f} | {per_d / per_r:.1f}× |",
+        "", "Replay time by step (s, all sessions): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
+    ]
+    if big is not None:
+        n, s, t = big
+        lines += ["", f"At {args.big_symbols} synthetic symbols: {n} sessions in {s:.1f} s ({s / n:.2f} s/session) → "
+                  f"252 sessions ≈ {252 * s / n / 60:.1f} min (target < 5 min). By step: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in t.items())]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    res = Path(args.results)
+    old = res.read_text() if res.exists() else "# Benchmark results\n"
+    start = old.find("## Walk-forward replay benchmark (issue 12)")
+    if start >= 0:
+        nxt = old.find("\n## ", start + 5)
+        old = old[:start] + (old[nxt + 1:] if nxt >= 0 else "")
+    res.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

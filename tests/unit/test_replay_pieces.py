@@ -1,0 +1,86 @@
+"""Pure pieces of the replay (issue 12): refit cadence, scripted rules, realized strategy
+performance, the CVaR backtest — against hand-computed references."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ais_pipelines.config import PolicyFileError
+from ais_pipelines.core.strategy_performance import owners, performance, strategy_day, symbol_pnl
+from ais_pipelines.replay import add_realized_risk, cron_fires_on, refit_due
+from ais_pipelines.replay_rules import ReviewRule, load_replay_rules
+from ais_pipelines.reports.tear_sheet import cvar_backtest
+
+
+def test_monthly_refit_fires_on_the_last_session_before_the_first_of_the_month() -> None:
+    cron = "0 20 1 * *"
+    assert cron_fires_on(cron, date(2026, 8, 1)) and not cron_fires_on(cron, date(2026, 8, 2))
+    # 2026-08-01 is a Saturday: the refit's fit date is Friday 2026-07-31 (last session ≤ the 1st).
+    assert refit_due(cron, date(2026, 7, 31), date(2026, 8, 3))
+    assert not refit_due(cron, date(2026, 7, 30), date(2026, 7, 31))
+    assert refit_due(cron, date(2026, 9, 1), date(2026, 9, 2))  # a Tuesday: that session itself
+    assert cron_fires_on("0 6 * * 1-5", date(2026, 8, 3)) and not cron_fires_on("0 6 * * 1-5", date(2026, 8, 2))
+
+
+def test_review_rule_decides_by_declared_confidence_and_file_errors_name_the_key(tmp_path: Path) -> None:
+    rule = ReviewRule(rule="approve_if_confidence", min_confidence=0.3)
+    assert [rule.decide(c) for c in (0.29, 0.3, None)] == ["REJECT", "APPROVE", "REJECT"]
+    assert ReviewRule(rule="reject_all").decide(0.99) == "REJECT"
+    (tmp_path / "replay.yaml").write_text("review: {rule: approve_some}\n")
+    with pytest.raises(PolicyFileError, match=r"replay.yaml.*review.rule"):
+        load_replay_rules(tmp_path)
+    assert load_replay_rules(tmp_path / "absent").review.rule == "reject_all"  # fail closed: no approvals
+
+
+def test_symbol_pnl_counts_trades_and_fees_and_attributes_to_the_largest_allocation() -> None:
+    opening = {"AAA": 1000.0}
+    closing = pd.DataFrame({"symbol": ["AAA", "BBB"], "market_value": [1100.0, 495.0]})
+    fills = pd.DataFrame({"symbol": ["BBB", "AAA"], "side": ["BUY", "SELL"], "qty": [5.0, 1.0],
+                          "price": [100.0, 110.0], "fees": [1.0, 0.5]})
+    pnl = symbol_pnl(opening, closing, fills)
+    # AAA: 1100 − 1000 − (−110 + 0.5) = 209.5; BBB: 495 − 0 − (500 + 1) = −6
+    assert pnl == pytest.approx({"AAA": 209.5, "BBB": -6.0})
+    alloc = pd.DataFrame({"symbol": ["AAA", "AAA", "BBB"], "strategy_id": ["s1", "s2", "s2"],
+                          "weight": [0.01, 0.02, 0.01]})
+    own = owners(alloc)
+    assert own == {"AAA": "s2", "BBB": "s2"}
+    day = strategy_day(pnl, own, ["s1", "s2"], pd.DataFrame({"strategy_id": ["s2", "s2"],
+                                                             "state": ["FILLED", "REJECTED"]}))
+    assert day.set_index("strategy_id")["pnl"].to_dict() == pytest.approx({"s1": 0.0, "s2": 203.5})
+    assert day.set_index("strategy_id")["errors"].to_dict() == {"s1": 0, "s2": 1}
+
+
+def test_rolling_performance_matches_an_independent_formulation() -> None:
+    rng = np.random.default_rng(3)
+    pnl = rng.normal(50, 400, 80)
+    hist = pd.DataFrame({"as_of": pd.bdate_range("2026-01-02", periods=80), "strategy_id": "s",
+                         "pnl": pnl, "orders": 2, "errors": 0})
+    nav0 = 1e6
+    row = performance(hist, nav0, window=63).iloc[0]
+    tail = pnl[-63:]
+    r = tail / nav0
+    assert row["days_evaluated"] == 80
+    assert row["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(252), rel=1e-12)
+    equity = np.cumsum(tail)
+    dd = max(np.maximum.accumulate(np.concatenate([[0], equity]))[1:] - equity)
+    assert row["max_drawdown"] == pytest.approx(dd / nav0, rel=1e-12)
+    assert row["profit_factor"] == pytest.approx(tail[tail > 0].sum() / -tail[tail < 0].sum(), rel=1e-12)
+    assert row["error_rate"] == 0.0
+
+
+def test_cvar_backtest_counts_exceedances_of_the_predicted_var() -> None:
+    track = pd.DataFrame({"nav": [100.0, 98.0, 97.0, 99.0, 101.0, 95.0], "pnl_day": [0.0] * 6,
+                          "predicted_var": [0.01] * 6, "predicted_cvar": [0.02] * 6})
+    t = add_realized_risk(track, horizon=2)
+    # windows: start NAV 100 (session 0's open), then NAV[i−1]; end NAV[i+1]
+    expected = [-(98 - 100) / 100, -(97 - 100) / 100, -(99 - 98) / 98, -(101 - 97) / 97, -(95 - 99) / 99, np.nan]
+    np.testing.assert_allclose(t["realized_loss_h"].to_numpy(), expected)
+    bt = cvar_backtest(t).iloc[0]
+    assert bt["windows"] == 5 and bt["exceedances"] == 3  # 2 %, 3 %, 4.04 % > 1 %
+    assert bt["mean_loss_on_exceedance"] == pytest.approx((0.02 + 0.03 + 4 / 99) / 3)
