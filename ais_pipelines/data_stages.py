@@ -53,9 +53,12 @@ def quality_params(pol: Policies) -> QualityParams:
     )
 
 
-def store_ingestion(con, outcome: IngestionOutcome, run_id: str, end: date) -> RowAccounting:
-    """Stage this run's valid bars; append its rejects and log (tables exist even when empty)."""
-    stamp = pd.Timestamp.now(tz="UTC").tz_localize(None)
+def store_ingestion(con, outcome: IngestionOutcome, run_id: str, end: date,
+                    stamp: pd.Timestamp | None = None) -> RowAccounting:
+    """Stage this run's valid bars; append its rejects and log (tables exist even when empty).
+    ``stamp``: when the run ingested (default now; the replay passes the night of ``end``)."""
+    if stamp is None:
+        stamp = pd.Timestamp.now(tz="UTC").tz_localize(None)
     bars = outcome.bars if not outcome.bars.empty else pd.DataFrame(columns=_BAR_COLUMNS)
     con.register("staging_in", bars.assign(run_id=run_id))
     try:

@@ -48,7 +48,7 @@ from ais_pipelines.core.strategy_performance import owners, performance, strateg
 from ais_pipelines.ledger.store import LedgerStore, SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
 from ais_pipelines.replay_rules import ReplayRules, load_replay_rules
-from ais_pipelines.warehouse import append_rows, read_bars, read_table, replace_partition, upsert_bars
+from ais_pipelines.warehouse import read_bars, read_table, replace_partition
 
 REPLAY_ACTOR_TAG = "scripted"
 APPROVAL_TTL_S = 300
@@ -228,19 +228,16 @@ def _providers(pol: Policies, name: str) -> tuple[str, dict[str, Any], frozenset
 
 def ingest_session(con: Any, pol: Policies, providers: dict[str, Any], configured: str, entitled: frozenset[str],
                    day: date, archive_root: Path) -> int:
-    """The nightly ingestion of ``day`` (what raw_daily_bars + daily_bars do): upsert, log, rejects."""
+    """The nightly ingestion of ``day``: the same two stages as raw_daily_bars + daily_bars."""
+    from ais_pipelines.data_stages import promote_staged_bars, store_ingestion
     from ais_pipelines.ingestion import ingest_universe
 
     run_id = f"replay-{day.isoformat()}"
     outcome = ingest_universe(policies=pol, providers=providers, configured_provider=configured, entitled=entitled,
                               end=day, archive_dir=archive_root / run_id)
     stamp = pd.Timestamp(day) + pd.Timedelta(hours=23)  # deterministic: the night of ``day``
-    if not outcome.bars.empty:
-        bars = outcome.bars.copy()
-        bars["date"] = pd.to_datetime(bars["date"]).astype("datetime64[ns]")
-        upsert_bars(con, bars, run_id)
-    append_rows(con, "bar_rejects", outcome.rejects.assign(run_id=run_id, ingested_at=stamp))
-    append_rows(con, "ingestion_log", outcome.log.assign(run_id=run_id, ingested_at=stamp, as_of=day))
+    store_ingestion(con, outcome, run_id, day, stamp=stamp)
+    promote_staged_bars(con, run_id)
     return len(outcome.bars)
 
 

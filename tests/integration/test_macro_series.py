@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from assets.intelligence import macro_inputs_as_of
+from ais_pipelines.nightly import macro_inputs_as_of
 from assets.macro import macro_series
 from resources.market_data import MarketDataResource
 from resources.policies import PoliciesResource
