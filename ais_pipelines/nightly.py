@@ -14,7 +14,9 @@ one code path, so a replayed session equals the asset run of that partition byte
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from ais_pipelines.core import decay as decay_core
 from ais_pipelines.core import features as features_core
 from ais_pipelines.core import forecasts as forecasts_core
 from ais_pipelines.core import impact as impact_core
+from ais_pipelines.core import reasoning as reasoning_core
 from ais_pipelines.core import regime as regime_core
 from ais_pipelines.core.auction_inputs import auction_inputs, book_nav
 from ais_pipelines.core.data_health import DataHealthReport
@@ -557,6 +560,68 @@ def run_order_proposals(con: Any, pol: Policies, as_of: pd.Timestamp) -> Proposa
 
 
 # --------------------------------------------------------------------------------------------
+# reasoning memos (issue 16): an input of the pre-trade policy that can only add caution
+
+
+def memo_reference_time(as_of: pd.Timestamp) -> datetime:
+    """Event proximity is measured from the start of D+1 (UTC): deterministic for replays."""
+    return datetime.combine(as_of.date() + timedelta(days=1), time(), UTC)
+
+
+def memo_provider(pol: Policies, prompt_dir: Path) -> tuple[Any, str]:
+    """(LLM provider or None for the rules, a note). An LLM without URL/key → a provider that fails."""
+    cfg = pol.reasoning
+    if cfg.provider == "rules":
+        return None, "rules"
+    from ais_pipelines.reasoning_llm import LlmMemoProvider, LlmSettings
+
+    url, key = os.environ.get(cfg.llm.url_env, "").strip(), os.environ.get(cfg.llm.key_env, "").strip()
+    settings = LlmSettings(url=url, api_key=key, model=cfg.llm.model, soft_timeout_s=cfg.llm.soft_timeout_s,
+                           hard_timeout_s=cfg.llm.hard_timeout_s, max_input_tokens=cfg.llm.max_input_tokens,
+                           max_output_tokens=cfg.llm.max_output_tokens)
+    if not url or not key:
+        return _Unconfigured(f"{cfg.llm.url_env} and {cfg.llm.key_env} must be set for provider llm"), "llm (unset)"
+    return LlmMemoProvider(settings, prompt_dir), f"llm {cfg.llm.model}"
+
+
+class _Unconfigured:
+    name = "llm"
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def memo(self, facts: Any) -> reasoning_core.ReasoningMemo:
+        return reasoning_core.failed_memo(facts, provider="llm", model_version="unconfigured", prompt_digest="",
+                                          latency_ms=0.0, attempts=0, reason_codes=(), detail=self.why)
+
+
+@dataclass(frozen=True)
+class MemoOutput:
+    memos: pd.DataFrame
+    provider_note: str
+
+
+def run_reasoning_memos(con: Any, pol: Policies, as_of: pd.Timestamp, prompt_dir: Path) -> MemoOutput:
+    """One memo per PROPOSED order of D, from the facts the pipeline already has."""
+    d = as_of.date()
+    llm, note = memo_provider(pol, prompt_dir)
+    proposals = read_table(con, "order_proposals", "as_of = ?", [d])
+    if not proposals.empty and "status" in proposals.columns:
+        proposals = proposals[proposals["status"] == "PROPOSED"]
+    regime = read_table(con, "regime_probabilities", "as_of = ?", [d])
+    facts = reasoning_core.memo_inputs(
+        proposals, regime=regime.iloc[0].to_dict() if not regime.empty else {},
+        quality=read_table(con, "data_quality", "as_of = ?", [d]),
+        forecasts=read_table(con, "forecasts", "as_of = ?", [d]),
+        blackouts=pol.mandate.event_blackouts, now=memo_reference_time(as_of),
+    )
+    memos = reasoning_core.produce_memos(facts, pol.reasoning.rules, llm)
+    frame = reasoning_core.memos_frame(memos)
+    replace_partition(con, "reasoning_memos", frame, "as_of", d)
+    return MemoOutput(frame, note)
+
+
+# --------------------------------------------------------------------------------------------
 # the whole night
 
 
@@ -574,6 +639,7 @@ class NightlyOutput:
     auction: AuctionOutput
     cvar: CvarOutput
     proposals: ProposalOutput
+    memos: MemoOutput | None = None
     refit: bool = False
 
 
@@ -596,4 +662,5 @@ def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *,
     auction = run_auction(con, pol, as_of, warm_dir)
     cvar = run_portfolio_cvar(con, pol, as_of)
     proposals = run_order_proposals(con, pol, as_of)
-    return NightlyOutput(quality, regime, fc, lifecycle, cands, auction, cvar, proposals, refit)
+    memos = run_reasoning_memos(con, pol, as_of, warm_dir.parent / "reasoning" / str(as_of.date()))
+    return NightlyOutput(quality, regime, fc, lifecycle, cands, auction, cvar, proposals, memos, refit)

@@ -168,4 +168,4 @@ def test_a_trickling_server_cannot_outlast_the_hard_timeout(tmp_path) -> None:
     elapsed = time.monotonic() - t0
     stop.set()
     listener.close()
-    assert memo.status == "FAILED" and "REASONING_TIMEOUT" in memo.reason_codes and elapsed < 1.5
+    assert memo.status == "FAILED" and "REASONING_TIMEOUT" in memo.reason_codes and elapsed < 5.0  # the trickle never ends: only the deadline stops it

@@ -538,7 +538,8 @@ def test_params_defaults_and_policy_mapping() -> None:
     assert {str(s) for s in DataStatus} == {"VALID", "INVALID_DATA", "INSUFFICIENT_HISTORY"}
 
 
-def test_500_symbols_by_1300_sessions_in_well_under_two_seconds() -> None:
+def test_500_symbols_by_1300_sessions_all_assessed() -> None:
+    """Scale correctness; speed lives in benchmarks/bench_ingestion.py (no timed unit tests)."""
     n_sym, n_days = 500, 1300
     rng = np.random.default_rng(0)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (n_sym, n_days)), axis=1)).ravel()
@@ -563,7 +564,7 @@ def test_500_symbols_by_1300_sessions_in_well_under_two_seconds() -> None:
     q = assess_quality(bars, NO_REJECTS, XNYS[n_days - 1])
     elapsed = time.perf_counter() - t0
     assert len(q) == n_sym and (q["valid_sessions"] == n_days).all()
-    assert elapsed < 2.0, f"assess_quality took {elapsed:.2f}s"
+    print(f"\nassess_quality 500 x 1300: {elapsed:.2f}s")  # reported, not asserted
 
 
 def test_unavailable_symbols_get_typed_invalid_rows_that_concat_cleanly() -> None:
