@@ -45,17 +45,9 @@ def resources_for(env: str, runtime_root: str) -> dict[str, object]:
 
 def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
     from ais_pipelines.runtime_files import private_umask
-    from assets import (
-        control,
-        execution,
-        ingestion,
-        intelligence,
-        macro,
-        portfolio,
-        quality,
-        reasoning,
-        reporting,
-    )
+    from assets import control, execution, ingestion, intelligence, portfolio, quality, reporting
+    from assets import macro as macro_assets  # issue 16
+    from assets import reasoning as reasoning_assets  # issue 16
     from sensors.execution import execution_sensor, reconciliation_sensor
     from sensors.schedules import nightly_schedule, refit_schedule
 
@@ -64,7 +56,8 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     private_umask()  # ledger, warehouse, raw archive, keys: owner-only in every process of the location
     policies = Policies()
 
-    asset_modules = [ingestion, quality, intelligence, portfolio, execution, reasoning, macro]  # last 2: issue 16
+    asset_modules = [ingestion, quality, intelligence, portfolio, execution]
+    asset_modules += [reasoning_assets, macro_assets]  # issue 16
     project = reporting.dbt_project()  # parses the dbt manifest only when it is missing or stale
     assets = [*dg.load_assets_from_modules(asset_modules), *reporting.reporting_assets(project)]
     checks = dg.load_asset_checks_from_modules(asset_modules)
