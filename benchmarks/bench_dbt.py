@@ -17,7 +17,6 @@ warm-up run of its own (what a second nightly run sees):
 Writes ``benchmarks/results/dbt.md``.
 """
 
-from __future__ import annotations
 
 import argparse
 import json
@@ -31,6 +30,10 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+from dagster_duckdb import DuckDBResource
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dbt.md"
@@ -46,10 +49,6 @@ def main() -> int:
         raise SystemExit(f"no warehouse at {src}: run `make demo` first")
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
     os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
-
-    import dagster as dg
-    from dagster_dbt import DbtCliResource
-    from dagster_duckdb import DuckDBResource
 
     from ais_pipelines.cli_support import quiet_library_warnings
 

@@ -219,3 +219,41 @@ def test_chromium_renders_the_governance_report(tmp_path: Path):
                     "Orders and fills", "P&L and drawdown", "Trading state and overrides"):
         assert heading in text, heading
     assert "INVALID_DATA" in text and "VETO_DATA_DEPENDENCY" in text and "alice" in text
+
+
+REPOS = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+REVIEW_SCHEMA = """{ runConfigSchemaOrError(selector: {repositoryLocationName: "%s", repositoryName: "%s",
+  pipelineName: "review_decision_job"}) { __typename ... on RunConfigSchema { allConfigTypes { key
+  ... on EnumConfigType { givenName values { value } }
+  ... on CompositeConfigType { fields { name isRequired configTypeKey } } } } } }"""
+VALIDATE = """{ isPipelineConfigValid(pipeline: {repositoryLocationName: "%s", repositoryName: "%s",
+  pipelineName: "review_decision_job"}, mode: "default", runConfigData: %s) { __typename
+  ... on RunConfigValidationInvalid { errors { message reason } } } }"""
+
+
+def test_review_launchpad_offers_the_typed_decision_config(ui: str):
+    """Issue 14: the launchpad's schema for review_decision_job (what its editor completes and
+    validates against) has the decision as a choice of APPROVE/REJECT and item_id, actor, why
+    required — no free text, no scaffolding needed to see the fields."""
+    repo = graphql(ui, REPOS)["repositoriesOrError"]["nodes"][0]
+    loc, name = repo["location"]["name"], repo["name"]
+    types = graphql(ui, REVIEW_SCHEMA % (loc, name))["runConfigSchemaOrError"]["allConfigTypes"]
+    enums = {t.get("givenName"): {v["value"] for v in t["values"]} for t in types if t.get("values") is not None}
+    assert enums.get("ReviewDecision") == {"APPROVE", "REJECT"}, enums
+    op_config = next(t for t in types if {f["name"] for f in t.get("fields") or []} == {"item_id", "decision",
+                                                                                        "actor", "why"})
+    assert all(f["isRequired"] for f in op_config["fields"])
+
+    def check(config: dict) -> dict:
+        return graphql(ui, VALIDATE % (loc, name, json.dumps(json.dumps(config))))["isPipelineConfigValid"]
+
+    ok = {"ops": {"review_decision": {"config": {"item_id": "review:2024-03-04:MSFT:BUY", "decision": "APPROVE",
+                                                 "actor": "jane.doe", "why": "thesis re-checked"}}}}
+    assert check(ok)["__typename"] == "PipelineConfigValidationValid"
+    maybe = json.loads(json.dumps(ok))
+    maybe["ops"]["review_decision"]["config"]["decision"] = "MAYBE"
+    bad = check(maybe)
+    assert bad["__typename"] == "RunConfigValidationInvalid" and "MAYBE" in bad["errors"][0]["message"]
+    missing = check({"ops": {"review_decision": {"config": {"item_id": "x", "decision": "REJECT"}}}})
+    assert missing["__typename"] == "RunConfigValidationInvalid"
+    assert {"actor", "why"} <= {w for e in missing["errors"] for w in ("actor", "why") if w in e["message"]}
