@@ -31,10 +31,19 @@ return_spikes          sessions whose adj_close log return is further than ``spi
 volume_spikes          the same test on log(1 + volume)
 stale_prices           in a run of ≥ ``stale_min_run`` identical consecutive closes, every
                        session after the first
-split_like_jumps       close-to-close ratio within ``split_tolerance`` (relative) of a split
-                       ratio (2, 3, 4, 5, 10 or an inverse) while adj_close shows no such
-                       jump — or the symbol has no adj_close of its own (adj_close == close)
+split_like_jumps       unadjusted splits: a move of the adjusted series (the close where the
+                       file has no adj_close) matching a standard split ratio within
+                       ``split_tolerance``, corroborated by the volume level
+                       (``core/corporate_actions.py``); any one makes the symbol INVALID_DATA
+                       with ``UNADJUSTED_SPLIT``, whatever the score
 =====================  ====================================================================
+
+**Events** (:func:`assess`): every flag is also a dated event — symbol, session, flag, reason
+code, value, detail — stored per as-of in table ``quality_flags``: each missing session, spike,
+stale session, unadjusted split, reject (duplicate, non-positive price, OHLC, negative volume),
+plus events that are not score terms: ``split_adjusted`` / ``dividend_adjusted`` (adj_close
+absorbs a split or reveals a distribution; the adjusted series is used) and ``zero_bars``
+(volume 0 with open = high = low = close). Their codes join ``reason_codes``.
 
 Spikes need at least ``spike_min_obs`` returns (a robust σ from a handful of points is noise);
 where the MAD degenerates (0 up to float noise, i.e. over half the values are equal) the
@@ -57,7 +66,7 @@ split_like_jumps       5.0
 A symbol without a single valid bar scores 0.
 
 **Gates**, in precedence order: ``INVALID_DATA`` when the score is below ``invalid_below``
-(0.6: stored and shown, never traded); else ``INSUFFICIENT_HISTORY`` when the symbol has fewer
+(0.6: stored and shown, never traded) or the window holds an unadjusted split; else ``INSUFFICIENT_HISTORY`` when the symbol has fewer
 than ``min_valid_sessions`` (1260, ~5 years) valid sessions; else ``VALID``. ``reason_codes``
 lists the code of every flag present and of every gate that failed (both gates when both
 fail), or ``DATA_VALID``; ``tradable`` is true only for VALID. Per-symbol problems exclude the
