@@ -229,6 +229,7 @@ class CorporateActionsPolicy(_Strict):
     volume_band: float = Field(default=0.4, gt=0, lt=1)
     min_dividend_yield: float = Field(default=0.0005, gt=0, lt=1)
     max_dividend_yield: float = Field(default=0.25, gt=0, lt=1)
+    asset_classes: list[AssetClass] = Field(default_factory=lambda: [AssetClass.STOCKS, AssetClass.COMMODITIES])
 
     @field_validator("split_ratios")
     @classmethod

@@ -26,7 +26,9 @@ of event, each on the session it takes effect:
     ``UNADJUSTED_SPLIT`` until adjusted data arrives.
 
 Standard ratios are declared as ``"shares_after:shares_before"`` (``"2:1"``, ``"3:2"``,
-``"1:10"`` for a reverse split); the nearest one in log distance is the match.
+``"1:10"`` for a reverse split); the nearest one in log distance is the match. Only asset
+classes that have corporate actions are examined (stocks and exchange-traded commodity funds,
+not coins or currencies).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class CorporateActionParams:
     volume_band: float = 0.4
     min_dividend_yield: float = 0.0005
     max_dividend_yield: float = 0.25
+    # Only securities split; a −27 % day of a coin is a move, never a 3:2 split.
+    asset_classes: tuple[str, ...] = ("STOCKS", "COMMODITIES")
 
     def __post_init__(self) -> None:
         for r in self.split_ratios:
@@ -98,11 +102,13 @@ def detect_corporate_actions(
     volume: np.ndarray,
     own_adj: np.ndarray,
     p: CorporateActionParams | None = None,
+    eligible: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Events (columns ``EVENT_COLUMNS``; ``row`` indexes the input arrays), sorted by row.
 
     Inputs are per bar, sorted by (code, date); ``own_adj`` is per bar: whether the bar's
-    symbol has an ``adj_close`` of its own (not defaulted to the close).
+    symbol has an ``adj_close`` of its own (not defaulted to the close); ``eligible`` per bar:
+    whether its asset class can have corporate actions (default: all).
     """
     p = p or CorporateActionParams()
     n = len(code)
@@ -111,6 +117,8 @@ def detect_corporate_actions(
                              zip(EVENT_COLUMNS, ("int64", str, "float64", str), strict=True)})
     factors = p.share_factors
     same = np.r_[False, code[1:] == code[:-1]]
+    if eligible is not None:
+        same &= eligible
     with np.errstate(divide="ignore", invalid="ignore"):
         r_raw = np.where(same, close / np.r_[np.nan, close[:-1]], np.nan)
         r_adj = np.where(same, adj / np.r_[np.nan, adj[:-1]], np.nan)

@@ -538,7 +538,8 @@ def _series_flags(b: pd.DataFrame, code: np.ndarray, p: QualityParams) -> tuple[
     # "No adj_close of its own": normalization defaulted it to close for the whole symbol.
     differs = np.bincount(code, weights=(adj != close).astype(float)) if len(code) else np.zeros(0)
     own_adj = differs[code] > 0 if len(code) else np.zeros(0, dtype=bool)
-    events = detect_corporate_actions(code, close, adj, volume, own_adj, p.corporate_actions)
+    eligible = b["asset_class"].isin(p.corporate_actions.asset_classes).to_numpy(dtype=bool)
+    events = detect_corporate_actions(code, close, adj, volume, own_adj, p.corporate_actions, eligible)
     if len(code) == 0:
         none = np.zeros(0, dtype=bool)
         return {"return_spikes": none, "volume_spikes": none, "stale_prices": none, "split_like_jumps": none,

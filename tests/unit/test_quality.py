@@ -608,3 +608,10 @@ def test_window_sessions_limits_the_assessed_window_to_the_last_n_sessions() -> 
     r = _one(assess_quality(bars, NO_REJECTS, XNYS[2299], QualityParams(window_sessions=1320)), "AAPL")
     assert (r["first_date"], r["expected_sessions"], r["valid_sessions"], r["missing_sessions"]) == (
         XNYS[980], 1320, 1320, 0)
+
+
+def test_coins_and_currencies_have_no_splits() -> None:
+    # Found on the sample market: a coin's −27 % day with a volume jump matched 3:2.
+    bars = _bars("BTC/USD", XNYS[:60], _split_series(0.5), volume=_split_volume(0.5), asset_class="CRYPTO")
+    row = _one(assess_quality(bars, NO_REJECTS, XNYS[59]), "BTC/USD")
+    assert (row["split_like_jumps"], row["return_spikes"]) == (0, 1)
