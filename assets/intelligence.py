@@ -170,7 +170,8 @@ def forecast_models(context: dg.AssetExecutionContext, policies: PoliciesResourc
 def load_models(con, as_of: pd.Timestamp) -> list[forecasts_core.FittedModel]:
     table = read_table(con, "forecast_models", "fit_date <= ?", [as_of.date()])
     if table.empty:
-        raise dg.Failure(f"no forecast model fitted on or before {as_of.date()}: run model_refit_job first")
+        raise dg.Failure(f"no forecast model fitted on or before {as_of.date()}: run model_refit_job for partition "
+                         f"{as_of.date()} first (it fits on history up to that session only: point in time)")
     models = [forecasts_core.FittedModel.from_json(j) for j in table["model_json"]]
     return forecasts_core.select_models(models, as_of)
 

@@ -396,7 +396,8 @@ def assess(
         str(DataStatus.INVALID_DATA),
         np.where(short, str(DataStatus.INSUFFICIENT_HISTORY), str(DataStatus.VALID)),
     )
-    events = _events(symbols, b, b_code, rj, rj_code, series_flags, ca_events, expected, sym_cal, cal_sessions)
+    events = _events(symbols, b, b_code, rj, rj_code, series_flags, ca_events, expected,
+                     out["missing_sessions"].to_numpy(), sym_cal, cal_sessions)
     flag_present = {flag: out[flag].to_numpy() > 0 for flag in FLAGS}
     event_codes = events.groupby("symbol")["reason_code"].agg(lambda c: set(c)).to_dict() if len(events) else {}
     extra = {str(c) for c in EVENT_ONLY_CODES.values()}
@@ -539,7 +540,8 @@ def _series_flags(b: pd.DataFrame, code: np.ndarray, p: QualityParams) -> tuple[
     differs = np.bincount(code, weights=(adj != close).astype(float)) if len(code) else np.zeros(0)
     own_adj = differs[code] > 0 if len(code) else np.zeros(0, dtype=bool)
     eligible = b["asset_class"].isin(p.corporate_actions.asset_classes).to_numpy(dtype=bool)
-    events = detect_corporate_actions(code, close, adj, volume, own_adj, p.corporate_actions, eligible)
+    events = detect_corporate_actions(code, close, adj, volume, own_adj, p.corporate_actions, eligible,
+                                      b["open"].to_numpy(dtype=float))
     if len(code) == 0:
         none = np.zeros(0, dtype=bool)
         return {"return_spikes": none, "volume_spikes": none, "stale_prices": none, "split_like_jumps": none,
@@ -595,7 +597,7 @@ _REJECT_EVENT: dict[str, str] = {
 
 def _events(
     symbols: list[str], b: pd.DataFrame, code: np.ndarray, rj: pd.DataFrame, rj_code: np.ndarray,
-    masks: Mapping[str, np.ndarray], ca: pd.DataFrame, expected: np.ndarray,
+    masks: Mapping[str, np.ndarray], ca: pd.DataFrame, expected: np.ndarray, missing: np.ndarray,
     sym_cal: np.ndarray, cal_sessions: Mapping[str, np.ndarray],
 ) -> pd.DataFrame:
     """Every flag as a dated event (``EVENT_COLUMNS``), sorted by symbol, session, flag."""
@@ -638,7 +640,7 @@ def _events(
         bounds = {int(code[a]): (int(a), int(z)) for a, z in zip(starts, ends, strict=True)}
     for k in range(len(symbols)):
         sessions = cal_sessions.get(sym_cal[k])
-        if sessions is None or expected[k] == 0:
+        if sessions is None or expected[k] == 0 or missing[k] == 0:
             continue
         window = sessions[len(sessions) - expected[k]:]
         lo, hi = bounds.get(k, (0, 0))
