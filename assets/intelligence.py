@@ -298,7 +298,8 @@ def strategy_candidates(context: dg.AssetExecutionContext, policies: PoliciesRes
         lifecycle = read_table(con, "strategy_lifecycle", "as_of = ?", [d])
         stages = {r.strategy_id: (r.stage, float(r.effective_cap)) for r in lifecycle.itertuples()}
         specs = [StrategyDef(s.id, s.model, s.min_signal, s.inception) for s in pol.strategies.strategies]
-        cands = generate_candidates(specs, per_model, combined, feats, quality, stages, as_of=d)
+        cands = generate_candidates(specs, per_model, combined, feats, quality, stages, as_of=d,
+                                    members=pol.universe.members_on(d))
         cands["asset_class"] = cands["symbol"].map(pol.universe.asset_classes).astype(str)
         cands["sector"] = cands["symbol"].map(pol.universe.sectors)
         replace_partition(con, "strategy_candidates", cands, "as_of", d)
