@@ -50,6 +50,19 @@ class Instrument(_Strict):
     asset_class: AssetClass | None = None
     sector: str = "Unclassified"
     calendar: str | None = None
+    # Universe membership (issue 13, point in time): traded only on sessions within [from, until].
+    member_from: date | None = None
+    member_until: date | None = None
+
+    @model_validator(mode="after")
+    def _membership(self) -> Instrument:
+        if self.member_from and self.member_until and self.member_until < self.member_from:
+            raise ValueError(f"member_until {self.member_until} is before member_from {self.member_from}")
+        return self
+
+    def is_member(self, day: date) -> bool:
+        return (self.member_from is None or self.member_from <= day) and (
+            self.member_until is None or day <= self.member_until)
 
     @field_validator("symbol")
     @classmethod
@@ -99,6 +112,10 @@ class Universe(_Strict):
     @property
     def sectors(self) -> dict[str, str]:
         return {i.symbol: i.sector for i in self.symbols}
+
+    def members_on(self, day: date) -> set[str]:
+        """Symbols that belong to the universe on ``day`` (declared membership dates)."""
+        return {i.symbol for i in self.symbols if i.is_member(day)}
 
 
 # --- providers -----------------------------------------------------------------------------
@@ -230,6 +247,7 @@ class CorporateActionsPolicy(_Strict):
     volume_band: float = Field(default=0.4, gt=0, lt=1)
     min_dividend_yield: float = Field(default=0.0005, gt=0, lt=1)
     max_dividend_yield: float = Field(default=0.25, gt=0, lt=1)
+    asset_classes: list[AssetClass] = Field(default_factory=lambda: [AssetClass.STOCKS, AssetClass.COMMODITIES])
 
     @field_validator("split_ratios")
     @classmethod

@@ -44,7 +44,8 @@ def quality_params(pol: Policies) -> QualityParams:
         stale_min_run=q.score.stale_min_run,
         corporate_actions=CorporateActionParams(
             split_ratios=tuple(q.corporate_actions.split_ratios), split_tolerance=q.score.split_tolerance,
-            **q.corporate_actions.model_dump(exclude={"split_ratios"}),
+            asset_classes=tuple(str(c) for c in q.corporate_actions.asset_classes),
+            **q.corporate_actions.model_dump(exclude={"split_ratios", "asset_classes"}),
         ),
         weights=dict(q.score.weights),
         invalid_below=q.score.invalid_below,

@@ -129,7 +129,9 @@ def regime_labels(con: Any, as_of: pd.Timestamp) -> pd.Series | None:
 def load_models(con: Any, as_of: pd.Timestamp) -> list[forecasts_core.FittedModel]:
     table = read_table(con, "forecast_models", "fit_date <= ?", [as_of.date()])
     if table.empty:
-        raise StageInputMissing(f"no forecast model fitted on or before {as_of.date()}: run model_refit_job first")
+        raise StageInputMissing(f"no forecast model fitted on or before {as_of.date()}: run model_refit_job for "
+                                f"partition {as_of.date()} first (it fits on history up to that session only: "
+                                "point in time)")
     models = [forecasts_core.FittedModel.from_json(j) for j in table["model_json"]]
     return forecasts_core.select_models(models, as_of)
 
@@ -359,7 +361,8 @@ def run_candidates(con: Any, pol: Policies, as_of: pd.Timestamp) -> pd.DataFrame
     lifecycle = read_table(con, "strategy_lifecycle", "as_of = ?", [d])
     stages = {r.strategy_id: (r.stage, float(r.effective_cap)) for r in lifecycle.itertuples()}
     specs = [StrategyDef(s.id, s.model, s.min_signal, s.inception) for s in pol.strategies.strategies]
-    cands = generate_candidates(specs, per_model, combined, feats, quality, stages, as_of=d)
+    cands = generate_candidates(specs, per_model, combined, feats, quality, stages, as_of=d,
+                                members=pol.universe.members_on(d))
     cands["asset_class"] = cands["symbol"].map(pol.universe.asset_classes).astype(str)
     cands["sector"] = cands["symbol"].map(pol.universe.sectors)
     replace_partition(con, "strategy_candidates", cands, "as_of", d)

@@ -11,7 +11,15 @@ from ais_pipelines.bars_cache import run_bars
 from ais_pipelines.core.data_health import describe_breaches
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.schemas import DataQualitySchema
-from ais_pipelines.data_stages import HEALTH_TABLE, NoIngestionError, assess_and_store_quality
+from ais_pipelines.data_stages import (  # noqa: F401  (moved there in issue 13; kept importable from here)
+    HEALTH_TABLE,
+    QUALITY_TABLE,
+    NoIngestionError,
+    assess_and_store_quality,
+    latest_ingestion,
+    quality_params,
+    trailing_mean_scores,
+)
 from ais_pipelines.warehouse import read_table
 from assets._common import md_table, schema_check, symbols_md
 from assets.ingestion import daily_bars

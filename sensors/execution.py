@@ -141,6 +141,18 @@ def check_outcome(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, par
             if run is not None and run.tags.get("dagster/partition") == partition:
                 record = rec
                 break
+    if record is not None and record.status is AssetCheckExecutionRecordStatus.PLANNED:
+        # Time-window partitions (issue 13): a check_spec's evaluation can land in a record of
+        # its own without the partition; the same run's resolved record is the outcome.
+        for rec in storage.get_asset_check_execution_history(check_key, limit=25):
+            if rec.run_id == record.run_id and rec.status is not AssetCheckExecutionRecordStatus.PLANNED:
+                record = rec
+                # Current when the partition's newest materialization is from the same run.
+                mats = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=check_key.asset_key, asset_partitions=[partition]), limit=1
+                ).records
+                current = bool(mats) and mats[0].run_id == rec.run_id
+                break
     if record is None:
         return False, "never evaluated for this partition"
     if record.status is AssetCheckExecutionRecordStatus.PLANNED:

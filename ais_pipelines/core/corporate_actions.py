@@ -21,12 +21,16 @@ of event, each on the session it takes effect:
     ``volume_band``). A split multiplies the share count and so the volume level, for good; a
     crash's volume burst decays. A move matching a ratio whose volume contradicts it is a
     return spike, not a split. Where the volume cannot testify (no usable volume, or fewer than
-    ``volume_min_obs`` sessions on either side) the ratio alone decides: fail closed. Returns
+    ``volume_min_obs`` sessions on either side) the ratio alone decides: fail closed. The open
+    must sit at the new level too (``|open_t / close_{t-1} · n − 1| ≤ split_tolerance``): a split
+    takes effect before the open, a crash that happens during the session is no split. Returns
     across an unadjusted split are wrong by a factor n, so the symbol is INVALID_DATA with
     ``UNADJUSTED_SPLIT`` until adjusted data arrives.
 
 Standard ratios are declared as ``"shares_after:shares_before"`` (``"2:1"``, ``"3:2"``,
-``"1:10"`` for a reverse split); the nearest one in log distance is the match.
+``"1:10"`` for a reverse split); the nearest one in log distance is the match. Only asset
+classes that have corporate actions are examined (stocks and exchange-traded commodity funds,
+not coins or currencies).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class CorporateActionParams:
     volume_band: float = 0.4
     min_dividend_yield: float = 0.0005
     max_dividend_yield: float = 0.25
+    # Only securities split; a −27 % day of a coin is a move, never a 3:2 split.
+    asset_classes: tuple[str, ...] = ("STOCKS", "COMMODITIES")
 
     def __post_init__(self) -> None:
         for r in self.split_ratios:
@@ -98,11 +104,15 @@ def detect_corporate_actions(
     volume: np.ndarray,
     own_adj: np.ndarray,
     p: CorporateActionParams | None = None,
+    eligible: np.ndarray | None = None,
+    open_: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Events (columns ``EVENT_COLUMNS``; ``row`` indexes the input arrays), sorted by row.
 
     Inputs are per bar, sorted by (code, date); ``own_adj`` is per bar: whether the bar's
-    symbol has an ``adj_close`` of its own (not defaulted to the close).
+    symbol has an ``adj_close`` of its own (not defaulted to the close); ``eligible`` per bar:
+    whether its asset class can have corporate actions (default: all); ``open_`` per bar: the
+    raw open (a split takes effect before the open, so the open already sits at the new level).
     """
     p = p or CorporateActionParams()
     n = len(code)
@@ -111,6 +121,8 @@ def detect_corporate_actions(
                              zip(EVENT_COLUMNS, ("int64", str, "float64", str), strict=True)})
     factors = p.share_factors
     same = np.r_[False, code[1:] == code[:-1]]
+    if eligible is not None:
+        same &= eligible
     with np.errstate(divide="ignore", invalid="ignore"):
         r_raw = np.where(same, close / np.r_[np.nan, close[:-1]], np.nan)
         r_adj = np.where(same, adj / np.r_[np.nan, adj[:-1]], np.nan)
@@ -147,6 +159,8 @@ def detect_corporate_actions(
             f = float(factors[k])
             if not abs(r_adj[i] * f - 1.0) <= p.split_tolerance:
                 continue
+            if open_ is not None and not abs(open_[i] / close[i - 1] * f - 1.0) <= p.split_tolerance:
+                continue  # the move happened during the session, not overnight: not a split
             pre = _median_or_nan(volume[max(s0, i - p.volume_window):i], p.volume_min_obs)
             post = _median_or_nan(volume[min(s1, i + p.volume_skip):min(s1, i + p.volume_skip + p.volume_window)],
                                   p.volume_min_obs)

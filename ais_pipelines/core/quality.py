@@ -31,10 +31,19 @@ return_spikes          sessions whose adj_close log return is further than ``spi
 volume_spikes          the same test on log(1 + volume)
 stale_prices           in a run of ≥ ``stale_min_run`` identical consecutive closes, every
                        session after the first
-split_like_jumps       close-to-close ratio within ``split_tolerance`` (relative) of a split
-                       ratio (2, 3, 4, 5, 10 or an inverse) while adj_close shows no such
-                       jump — or the symbol has no adj_close of its own (adj_close == close)
+split_like_jumps       unadjusted splits: a move of the adjusted series (the close where the
+                       file has no adj_close) matching a standard split ratio within
+                       ``split_tolerance``, corroborated by the volume level
+                       (``core/corporate_actions.py``); any one makes the symbol INVALID_DATA
+                       with ``UNADJUSTED_SPLIT``, whatever the score
 =====================  ====================================================================
+
+**Events** (:func:`assess`): every flag is also a dated event — symbol, session, flag, reason
+code, value, detail — stored per as-of in table ``quality_flags``: each missing session, spike,
+stale session, unadjusted split, reject (duplicate, non-positive price, OHLC, negative volume),
+plus events that are not score terms: ``split_adjusted`` / ``dividend_adjusted`` (adj_close
+absorbs a split or reveals a distribution; the adjusted series is used) and ``zero_bars``
+(volume 0 with open = high = low = close). Their codes join ``reason_codes``.
 
 Spikes need at least ``spike_min_obs`` returns (a robust σ from a handful of points is noise);
 where the MAD degenerates (0 up to float noise, i.e. over half the values are equal) the
@@ -57,7 +66,7 @@ split_like_jumps       5.0
 A symbol without a single valid bar scores 0.
 
 **Gates**, in precedence order: ``INVALID_DATA`` when the score is below ``invalid_below``
-(0.6: stored and shown, never traded); else ``INSUFFICIENT_HISTORY`` when the symbol has fewer
+(0.6: stored and shown, never traded) or the window holds an unadjusted split; else ``INSUFFICIENT_HISTORY`` when the symbol has fewer
 than ``min_valid_sessions`` (1260, ~5 years) valid sessions; else ``VALID``. ``reason_codes``
 lists the code of every flag present and of every gate that failed (both gates when both
 fail), or ``DATA_VALID``; ``tradable`` is true only for VALID. Per-symbol problems exclude the
@@ -387,7 +396,8 @@ def assess(
         str(DataStatus.INVALID_DATA),
         np.where(short, str(DataStatus.INSUFFICIENT_HISTORY), str(DataStatus.VALID)),
     )
-    events = _events(symbols, b, b_code, rj, rj_code, series_flags, ca_events, expected, sym_cal, cal_sessions)
+    events = _events(symbols, b, b_code, rj, rj_code, series_flags, ca_events, expected,
+                     out["missing_sessions"].to_numpy(), sym_cal, cal_sessions)
     flag_present = {flag: out[flag].to_numpy() > 0 for flag in FLAGS}
     event_codes = events.groupby("symbol")["reason_code"].agg(lambda c: set(c)).to_dict() if len(events) else {}
     extra = {str(c) for c in EVENT_ONLY_CODES.values()}
@@ -529,7 +539,9 @@ def _series_flags(b: pd.DataFrame, code: np.ndarray, p: QualityParams) -> tuple[
     # "No adj_close of its own": normalization defaulted it to close for the whole symbol.
     differs = np.bincount(code, weights=(adj != close).astype(float)) if len(code) else np.zeros(0)
     own_adj = differs[code] > 0 if len(code) else np.zeros(0, dtype=bool)
-    events = detect_corporate_actions(code, close, adj, volume, own_adj, p.corporate_actions)
+    eligible = b["asset_class"].isin(p.corporate_actions.asset_classes).to_numpy(dtype=bool)
+    events = detect_corporate_actions(code, close, adj, volume, own_adj, p.corporate_actions, eligible,
+                                      b["open"].to_numpy(dtype=float))
     if len(code) == 0:
         none = np.zeros(0, dtype=bool)
         return {"return_spikes": none, "volume_spikes": none, "stale_prices": none, "split_like_jumps": none,
@@ -585,7 +597,7 @@ _REJECT_EVENT: dict[str, str] = {
 
 def _events(
     symbols: list[str], b: pd.DataFrame, code: np.ndarray, rj: pd.DataFrame, rj_code: np.ndarray,
-    masks: Mapping[str, np.ndarray], ca: pd.DataFrame, expected: np.ndarray,
+    masks: Mapping[str, np.ndarray], ca: pd.DataFrame, expected: np.ndarray, missing: np.ndarray,
     sym_cal: np.ndarray, cal_sessions: Mapping[str, np.ndarray],
 ) -> pd.DataFrame:
     """Every flag as a dated event (``EVENT_COLUMNS``), sorted by symbol, session, flag."""
@@ -628,7 +640,7 @@ def _events(
         bounds = {int(code[a]): (int(a), int(z)) for a, z in zip(starts, ends, strict=True)}
     for k in range(len(symbols)):
         sessions = cal_sessions.get(sym_cal[k])
-        if sessions is None or expected[k] == 0:
+        if sessions is None or expected[k] == 0 or missing[k] == 0:
             continue
         window = sessions[len(sessions) - expected[k]:]
         lo, hi = bounds.get(k, (0, 0))

@@ -42,11 +42,13 @@ def generate_candidates(
     stages: Mapping[str, tuple[str, float]],
     *,
     as_of: date | None = None,
+    members: set[str] | None = None,
 ) -> pd.DataFrame:
     """Candidates for every strategy whose model signal clears ``min_signal`` with μ > 0.
 
     Point in time: a strategy whose ``inception`` is after ``as_of`` did not exist on D and
-    nominates nothing.
+    nominates nothing; symbols outside ``members`` (the universe's members on D) are never
+    nominated.
 
     ``stages`` maps strategy_id → (stage, effective NAV cap). Symbols that fail the data
     gates are still nominated, carrying their status, so the auction records *why* they got
@@ -60,7 +62,10 @@ def generate_candidates(
     for strat in strategies:
         if as_of is not None and strat.inception is not None and strat.inception > as_of:
             continue
-        pm = per_model[per_model["model"] == strat.model].set_index("symbol")
+        pm = per_model[per_model["model"] == strat.model]
+        if members is not None:
+            pm = pm[pm["symbol"].isin(members)]
+        pm = pm.set_index("symbol")
         if pm.empty:
             continue
         frame = pm.join(comb, how="left").join(feat, how="left").join(qual, how="left")

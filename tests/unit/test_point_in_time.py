@@ -1,13 +1,14 @@
 """Issue 13: declared start dates are honoured as of D (a strategy starting 2026-01-02 traded at
-an as-of date in 2023)."""
+an as-of date in 2023); so are universe membership dates."""
 
 from __future__ import annotations
 
 from datetime import date
 
 import pandas as pd
+import pytest
 
-from ais_pipelines.config import Policies
+from ais_pipelines.config import Instrument, Policies, Universe
 from ais_pipelines.core.strategies import StrategyDef, generate_candidates
 
 
@@ -37,3 +38,17 @@ def test_the_shipped_strategies_start_on_their_declared_inception() -> None:
     assert {s.inception for s in specs} == {date(2026, 1, 2)}
     stages = {s.strategy_id: ("INCUBATING", 0.02) for s in specs}
     assert generate_candidates(specs, *_inputs(), stages, as_of=date(2023, 3, 1)).empty
+
+
+def test_universe_membership_dates_are_honoured_as_of_d() -> None:
+    uni = Universe(name="t", symbols=[Instrument(symbol="AAPL", member_from=date(2024, 1, 2)),
+                                      Instrument(symbol="MSFT", member_until=date(2023, 12, 29))])
+    assert uni.members_on(date(2023, 6, 1)) == {"MSFT"} and uni.members_on(date(2024, 6, 3)) == {"AAPL"}
+    specs = [StrategyDef("rev", "mean_reversion", 0.0, date(2020, 1, 2))]
+    stages = {"rev": ("INCUBATING", 0.02)}
+    assert generate_candidates(specs, *_inputs(), stages, as_of=date(2023, 6, 1),
+                               members=uni.members_on(date(2023, 6, 1))).empty
+    assert generate_candidates(specs, *_inputs(), stages, as_of=date(2024, 6, 3),
+                               members=uni.members_on(date(2024, 6, 3)))["symbol"].tolist() == ["AAPL"]
+    with pytest.raises(ValueError, match="before member_from"):
+        Instrument(symbol="X", member_from=date(2024, 1, 2), member_until=date(2023, 1, 2))

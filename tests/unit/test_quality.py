@@ -609,3 +609,21 @@ def test_window_sessions_limits_the_assessed_window_to_the_last_n_sessions() -> 
     r = _one(assess_quality(bars, NO_REJECTS, XNYS[2299], QualityParams(window_sessions=1320)), "AAPL")
     assert (r["first_date"], r["expected_sessions"], r["valid_sessions"], r["missing_sessions"]) == (
         XNYS[980], 1320, 1320, 0)
+
+
+def test_coins_and_currencies_have_no_splits() -> None:
+    # Found on the sample market: a coin's −27 % day with a volume jump matched 3:2.
+    bars = _bars("BTC/USD", XNYS[:60], _split_series(0.5), volume=_split_volume(0.5), asset_class="CRYPTO")
+    row = _one(assess_quality(bars, NO_REJECTS, XNYS[59]), "BTC/USD")
+    assert (row["split_like_jumps"], row["return_spikes"]) == (0, 1)
+
+
+def test_a_move_during_the_session_is_not_a_split_even_with_a_volume_jump() -> None:
+    # Found on the sample market: a −26 % crisis day with volume up ×1.7 matched 3:2. A split
+    # takes effect before the open; this open is still at the old level.
+    close = _split_series(0.74)
+    bars = _bars("CRSH", XNYS[:60], close, volume=_split_volume(1 / 1.5))
+    bars.loc[30, "open"] = bars.loc[30, "high"] = close[29]
+    row = _one(assess_quality(bars, NO_REJECTS, XNYS[59]), "CRSH")
+    assert (row["split_like_jumps"], row["return_spikes"]) == (0, 1)
+    assert row["ohlc_inconsistent"] == 0
