@@ -31,8 +31,8 @@ def test_make_demo_prints_under_60_lines(tmp_path: Path) -> None:
     out = (proc.stdout + proc.stderr).splitlines()
     assert proc.returncode == 0, "\n".join(out[-40:])
     assert len(out) < MAX_LINES, "\n".join(out)
-    stages = [ln for ln in out if re.match(r"^\[\d/5\] .* (OK|FAILED) in \d+\.\d s", ln)]
-    assert len(stages) == 5 and all(" OK in " in ln for ln in stages), "\n".join(out)
+    stages = [ln for ln in out if re.match(r"^\[\d/6\] .* (OK|FAILED) in \d+\.\d s", ln)]
+    assert len(stages) == 6 and all(" OK in " in ln for ln in stages), "\n".join(out)
     text = "\n".join(out)
     for noise in ("Warning", "Traceback", "\x1b[", "START test", "dagster - DEBUG", "Resolved ", "Installed "):
         assert noise not in text, f"{noise!r} in the demo output"
@@ -44,3 +44,5 @@ def test_make_demo_prints_under_60_lines(tmp_path: Path) -> None:
     assert Path(where["Governance report"].strip()).is_file()
     assert Path(where["dbt log"].strip()).is_file()
     assert (runtime / "logs" / "demo.log").stat().st_size > 0  # the library output went there
+    sheet = re.search(r"tear sheet: (\S+)", text)  # the demo ends with a walk-forward replay (issue 12)
+    assert sheet and Path(sheet.group(1)).is_file(), text
