@@ -163,6 +163,7 @@ def main() -> None:
 
     rows = []
     load = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     for n in args.symbols:
         cmd = [sys.executable, __file__, "--child", "--symbols", str(n), "--sessions", str(args.sessions)]
         if args.profile:
@@ -181,7 +182,7 @@ def main() -> None:
     lines = [
         "## Nightly job benchmark",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; load average at start "
+        f"- started: {started} UTC; load average at start "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
         f"- machine: {os.cpu_count()} cores, {_cpu_model()}, Python {platform.python_version()}",
         f"- workload: the sample market, {args.sessions} sessions per symbol; `nightly_job` in-process after "

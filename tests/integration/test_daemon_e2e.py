@@ -74,6 +74,12 @@ class GraphQL:
                     s={**LOCATION, "sensorName": sensor})
         return data["sensorOrError"]["sensorState"]["ticks"]
 
+    def schedule_ticks(self, schedule: str) -> list[dict[str, Any]]:
+        data = self("""query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s) {
+            ... on Schedule { scheduleState { ticks(limit: 20) { status runIds } } } } }""",
+                    s={**LOCATION, "scheduleName": schedule})
+        return data["scheduleOrError"]["scheduleState"]["ticks"]
+
     def runs(self, job: str) -> list[dict[str, Any]]:
         data = self("""query($j: String!) { runsOrError(filter: {pipelineName: $j}) {
             ... on Runs { results { runId status } } } }""", j=job)
@@ -148,17 +154,18 @@ def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "run_monitoring": {"enabled": True, "poll_interval_seconds": 5},
         "sensors": {"use_threads": True, "num_workers": 2},
     }
-    dbname = None
-    if PG_URL:  # a fresh database for this test's instance and ledger
+    dbnames: list[str] = []
+    if PG_URL:  # fresh databases for this test's instance and ledger (each has its own alembic history)
         import sqlalchemy as sa
 
-        dbname = f"ais_daemon_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(sa.text(f"CREATE DATABASE {dbname}"))
-        url = PG_URL.rsplit("/", 1)[0] + f"/{dbname}"
-        instance_cfg["storage"] = {"postgres": {"postgres_url": url}}
-        env["AIS_LEDGER_URL"] = url
+        tag = uuid.uuid4().hex[:8]
+        dbnames = [f"ais_daemon_{tag}", f"ais_ledger_{tag}"]
+        with sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as c:
+            for name in dbnames:
+                c.execute(sa.text(f"CREATE DATABASE {name}"))
+        base = PG_URL.rsplit("/", 1)[0]
+        instance_cfg["storage"] = {"postgres": {"postgres_url": f"{base}/{dbnames[0]}"}}
+        env["AIS_LEDGER_URL"] = f"{base}/{dbnames[1]}"
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_cfg))
 
     grpc_port, web_port = _free_port(), _free_port()
@@ -205,11 +212,12 @@ def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        if dbname:
+        if dbnames:
             import sqlalchemy as sa
 
             with sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as c:
-                c.execute(sa.text(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+                for name in dbnames:
+                    c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def _start(gql: GraphQL, kind: str, name: str) -> None:
@@ -229,6 +237,10 @@ def _stop_schedule(gql: GraphQL, name: str) -> None:
     out = gql("""mutation($id: String, $sel: String) { stopRunningSchedule(id: $id, scheduleSelectorId: $sel) {
         __typename ... on PythonError { message } } }""", id=state["id"], sel=state["selectorId"])
     assert out["stopRunningSchedule"]["__typename"] == "ScheduleStateResult", out
+    status = gql("""query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s) {
+        ... on Schedule { scheduleState { status } } } }""",
+                 s={**LOCATION, "scheduleName": name})["scheduleOrError"]["scheduleState"]["status"]
+    assert status == "STOPPED", status
 
 
 def _store(env: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -253,9 +265,11 @@ def test_daemon_drives_nightly_execution_and_reconciliation(service: dict[str, A
 
     # 1. the schedule launches the night for D
     _start(gql, "schedule", "nightly_schedule")
-    night = wait_for("the scheduled nightly run", lambda: gql.runs("nightly_job"), timeout=90)
+    tick = wait_for("the schedule's launch", lambda: [t for t in gql.schedule_ticks("nightly_schedule")
+                                                      if t["status"] == "SUCCESS" and t["runIds"]], timeout=90)
     _stop_schedule(gql, "nightly_schedule")  # the test cron would launch D again every minute
-    assert len(night) == 1
+    night = gql.runs("nightly_job")
+    assert [r["runId"] for r in night] == tick[0]["runIds"]
     assert finished(gql, night[0]["runId"], timeout=300) == "SUCCESS", (service["logs"] / "daemon.log")
 
     # 2. a failed check for D (planted as an external evaluation): the sensor refuses, and says why
