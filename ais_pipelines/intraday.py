@@ -42,10 +42,11 @@ def govern(ledger: LedgerStore, audit: AuditChain, ctx: pd.DataFrame, env_policy
     if batch is not None:
         ids = ex.record_governance(ledger, audit, batch, approved, ctx, now, env_policy)
         decisions = batch.decisions.copy()
-        decisions["approval_id"] = decisions["order_id"].map(ids)
+        # Text even when a session approves nothing (an all-NaN float column would type the table DOUBLE).
+        decisions["approval_id"] = decisions["order_id"].map(ids).astype("string")
         decisions["review_item_id"] = decisions["order_id"].where(decisions["decision"] == "REVIEW").map(
             lambda o: ex.review_item_id(o) if isinstance(o, str) else None
-        )
+        ).astype("string")
         if "reasoning_memo_id" in ctx.columns:  # issue 16: the memo next to its decision
             memo_ids = ctx.set_index("order_id")["reasoning_memo_id"]
             decisions["reasoning_memo_id"] = decisions["order_id"].map(memo_ids).fillna("").astype("string")

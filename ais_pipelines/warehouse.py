@@ -148,26 +148,29 @@ def replace_partition(
     frame[key] = value
     con.register("incoming_partition", frame)
     try:
-        con.execute("BEGIN TRANSACTION")
         if not table_exists(con, table):
+            # Created (empty) before the transaction: with CREATE + DELETE + a multi-row-group INSERT in
+            # one transaction, DuckDB 2.0 answers later parameterized filters on the table with no rows
+            # in the same database instance (found by the 100-symbol replay, issue 12).
             con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming_partition LIMIT 0')
-        else:
+        con.execute("BEGIN TRANSACTION")
+        try:
             existing = {r[0]: r[1] for r in con.execute(f"DESCRIBE \"{table}\"").fetchall()}
             for col in frame.columns:
                 if col not in existing:  # additive schema evolution only
                     dtype = fetch_one(con, f"SELECT typeof(\"{col}\") FROM incoming_partition LIMIT 1")
                     con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{col}" {dtype[0] if dtype else "VARCHAR"}')
-                elif existing[col] == '"NULL"' or existing[col] == "NULL":
+                elif existing[col] in ('"NULL"', "NULL"):
                     # created from an empty first partition without a type: take the first real one
                     dtype = fetch_one(con, f"SELECT typeof(\"{col}\") FROM incoming_partition LIMIT 1")
                     if dtype and dtype[0] != "NULL":
                         con.execute(f'ALTER TABLE "{table}" ALTER "{col}" TYPE {dtype[0]}')
-        con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
-        con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_partition')
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+            con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
+            con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_partition')
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
     finally:
         con.unregister("incoming_partition")
     return len(frame)

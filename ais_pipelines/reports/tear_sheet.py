@@ -13,6 +13,7 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 STAGES = ["DECOMMISSIONED", "INCUBATING", "SCALING", "HARVESTING"]
@@ -114,9 +115,11 @@ def write_tear_sheet(warehouse: Path, out: Path) -> Path:
     window = min(63, max(5, len(rets) // 3))
     fig, ax = plt.subplots(figsize=(10, 3))
     if len(rets.dropna()) > window:
-        ax.plot(rets.index, ep.roll_sharpe_ratio(rets, window=window), label=f"rolling Sharpe ({window})")
+        sharpe = np.asarray(ep.roll_sharpe_ratio(rets, window=window), dtype=float)
+        vol = np.asarray(ep.roll_annual_volatility(rets, window=window), dtype=float)
+        ax.plot(rets.index[len(rets) - len(sharpe):], sharpe, label=f"rolling Sharpe ({window})")
         ax2 = ax.twinx()
-        ax2.plot(rets.index, ep.roll_annual_volatility(rets, window=window), color="#a60", label="rolling vol")
+        ax2.plot(rets.index[len(rets) - len(vol):], vol, color="#a60", label="rolling vol")
         ax2.set_ylabel("annual vol")
     ax.set_ylabel("Sharpe")
     parts.append("<h2>Rolling Sharpe and volatility</h2>" + _img(fig))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -41,6 +42,7 @@ def canonical(frame: pd.DataFrame, keys: list[str]) -> str:
     return f.reindex(columns=sorted(f.columns)).to_csv(index=False, float_format="%.17g")
 
 
+@pytest.mark.slow
 def test_replay_is_deterministic_isolated_and_audited(policies_dir: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     live = tmp_path / "live_runtime"
@@ -127,3 +129,35 @@ def test_replayed_session_equals_the_dagster_partition_run(policies_dir: Path, r
         mine, theirs = table(out / "warehouse.duckdb", name, D1), table(dag, name, D1)
         assert len(mine) > 0, name
         assert canonical(mine, keys) == canonical(theirs, keys), name
+
+
+@pytest.mark.slow
+def test_crisis_onset_de_risks_and_trades_reduce_only(policies_dir: Path, tmp_path: Path) -> None:
+    """The sample market's scripted crisis (from 2024-11-22): with enough history behind it
+    (n_sessions raised), p_crisis_5d above the threshold scales exposure by the declared linear
+    rule, CRISIS sessions send only reduce-only sells, and predicted CVaR stays within its limit."""
+    import yaml
+
+    prov = yaml.safe_load((policies_dir / "providers.yaml").read_text())
+    prov["sample"]["n_sessions"] = 1860  # ≥ 1260 valid sessions before the crisis
+    (policies_dir / "providers.yaml").write_text(yaml.safe_dump(prov, sort_keys=False))
+    models = yaml.safe_load((policies_dir / "models.yaml").read_text())["regime"]
+    thr, floor = float(models["crisis_threshold"]), float(models["min_exposure_scale"])
+    res = run_replay(ReplayConfig(date(2024, 11, 15), date(2024, 11, 19), tmp_path / "crisis",
+                                  policies_dir=policies_dir))
+    t = res.track_record.set_index("as_of")
+    assert list(t["regime"]) == ["VOLATILE", "CRISIS", "CRISIS"]
+    p = t["p_crisis_5d"].astype(float)
+    assert (p > thr).all()
+    # §C4: exposure reduced pre-emptively above the threshold, linearly to the floor at p = 1.
+    expected = 1.0 - (p - thr) / (1.0 - thr) * (1.0 - floor)
+    np.testing.assert_allclose(t["exposure_scale"].astype(float), expected.clip(floor, 1.0), rtol=1e-9)
+    assert t["invested_weight"].iloc[1] < t["invested_weight"].iloc[0]
+    # §G4 at decision time: predicted CVaR never above the limit.
+    assert (t["predicted_cvar"] <= t["cvar_limit"] + 1e-12).all()
+    # §C4 / §H2: in CRISIS no risk-increasing order; the reduce-only sells still execute.
+    orders = table(res.warehouse, "execution_orders")
+    regime = table(res.warehouse, "regime_probabilities")[["as_of", "reduce_only"]]
+    crisis = orders.merge(regime, on="as_of")
+    crisis = crisis[crisis["reduce_only"].astype(bool)]
+    assert len(crisis) >= 1 and set(crisis["side"]) == {"SELL"} and set(crisis["state"]) == {"FILLED"}

@@ -84,3 +84,54 @@ def test_cvar_backtest_counts_exceedances_of_the_predicted_var() -> None:
     bt = cvar_backtest(t).iloc[0]
     assert bt["windows"] == 5 and bt["exceedances"] == 3  # 2 %, 3 %, 4.04 % > 1 %
     assert bt["mean_loss_on_exceedance"] == pytest.approx((0.02 + 0.03 + 4 / 99) / 3)
+
+
+def _warehouse(path: Path, decisions: list[tuple[str, str, str]], hits: list[tuple[str, str, str]],
+               navs: list[float]) -> Path:
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE governance_decisions (as_of DATE, order_id VARCHAR, decision VARCHAR)")
+    con.executemany("INSERT INTO governance_decisions VALUES (?, ?, ?)", decisions)
+    con.execute("CREATE TABLE governance_rule_hits (as_of DATE, order_id VARCHAR, rule_id VARCHAR)")
+    con.executemany("INSERT INTO governance_rule_hits VALUES (?, ?, ?)", hits)
+    con.execute("CREATE TABLE replay_sessions (session_as_of DATE, nav DOUBLE, drawdown DOUBLE, predicted_cvar DOUBLE,"
+                " turnover DOUBLE, invested_weight DOUBLE, orders BIGINT)")
+    con.executemany("INSERT INTO replay_sessions VALUES (?, ?, 0, 0.01, 0.1, 0.02, 1)",
+                    [(f"2026-11-{18 + i}", n) for i, n in enumerate(navs)])
+    con.close()
+    return path
+
+
+def test_what_if_lists_changed_decisions_with_the_rule_hits_that_differ(tmp_path: Path) -> None:
+    from ais_pipelines.reports.what_if import decision_diff, write_what_if
+
+    d = "2026-11-18"
+    base = _warehouse(tmp_path / "base.duckdb",
+                      [(d, f"{d}:AAPL:BUY", "REVIEW"), (d, f"{d}:MSFT:BUY", "APPROVE")],
+                      [(d, f"{d}:AAPL:BUY", "low_confidence")], [1e6, 1.001e6])
+    prop = _warehouse(tmp_path / "prop.duckdb",
+                      [(d, f"{d}:AAPL:BUY", "REJECT"), (d, f"{d}:MSFT:BUY", "APPROVE")],
+                      [(d, f"{d}:AAPL:BUY", "risk_per_trade")], [1e6, 0.999e6])
+    diff = decision_diff(base, prop)
+    assert diff[["symbol", "decision_old", "decision_new", "rule_hits_changed"]].values.tolist() == [
+        ["AAPL", "REVIEW", "REJECT", "-low_confidence, +risk_per_trade"]]
+    text = write_what_if(base, prop, tmp_path / "what_if.md").read_text()
+    assert "Decisions that changed (1)" in text and "nav_proposed" in text and "999000" in text
+
+
+def test_a_first_partition_larger_than_a_row_group_is_readable_by_parameter(tmp_path: Path) -> None:
+    """Regression (DuckDB 2.0): CREATE + DELETE + a multi-row-group INSERT in one transaction left the
+    new table answering parameterized filters with no rows in the same database instance."""
+    import duckdb
+
+    from ais_pipelines.warehouse import read_table, replace_partition
+
+    n = 125_600  # > one DuckDB row group (122,880): what 100 symbols × 1256 scenarios write
+    frame = pd.DataFrame({"k": np.arange(n), "v": np.arange(n) * 0.5})
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    try:
+        replace_partition(con, "t", frame, "as_of", date(2026, 11, 18))
+        assert len(read_table(con, "t", "as_of = ?", [date(2026, 11, 18)])) == n
+    finally:
+        con.close()
