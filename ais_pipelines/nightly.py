@@ -1,7 +1,7 @@
 """The nightly loop of session D as a sequence of steps (§0 nightly). No Dagster.
 
-quality → features → regime → (model refit) → forecasts → decay → lifecycle → candidates →
-scenarios → auction → portfolio CVaR → order proposals.
+quality → features → macro series → regime → (model refit) → forecasts → decay → lifecycle →
+candidates → scenarios → auction → portfolio CVaR → order proposals → reasoning memos.
 
 Each step reads what it needs for as-of session D from a warehouse connection (point in time:
 nothing dated after D), calls the pure functions of :mod:`ais_pipelines.core`, writes its
@@ -215,6 +215,19 @@ class RegimeOutput:
     snapshot: dict[str, Any]
     outcome: Any  # regime_core fit outcome
     index_symbols: int
+
+
+def run_macro_series(con: Any, pol: Policies, as_of: pd.Timestamp, fred: Any, archive_dir: Path) -> Any:
+    """FRED VIXCLS and the declared macro series as known on D (issue 16); ``fred`` None = not
+    entitled (nothing is called; the regime records the proxy with its reason)."""
+    from ais_pipelines.macro_ingestion import fetch_macro_series
+
+    cfg = pol.models.regime
+    outcome = fetch_macro_series(fred, [cfg.vix_series, *cfg.macro_series], as_of.date(), cfg.macro_lookback_days,
+                                 archive_dir)
+    replace_partition(con, "macro_observations", outcome.observations, "as_of", as_of.date())
+    replace_partition(con, "macro_fetch_log", outcome.status, "as_of", as_of.date())
+    return outcome
 
 
 def macro_inputs_as_of(con: Any, pol: Policies, as_of: pd.Timestamp, vix_proxy: float) -> dict:
@@ -646,7 +659,8 @@ class NightlyOutput:
     refit: bool = False
 
 
-def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *, refit: bool = False) -> NightlyOutput:
+def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *, refit: bool = False,
+                fred: Any = None) -> NightlyOutput:
     """Every nightly step of D in the order of the asset graph (the replay's night).
 
     ``refit`` fits the forecast models with fit date D first (the model_refit_job), after the
@@ -654,6 +668,7 @@ def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *,
     """
     quality = run_quality(con, pol, as_of)
     run_features(con, pol, as_of)
+    run_macro_series(con, pol, as_of, fred, warm_dir.parent / "raw" / f"macro-{as_of.date()}")
     regime = run_regime(con, pol, as_of)
     if refit:
         run_model_refit(con, pol, as_of)

@@ -3,8 +3,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ais_pipelines.macro_ingestion import fetch_macro_series
-from ais_pipelines.warehouse import replace_partition
+from ais_pipelines import nightly
 from assets._common import md_table
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.market_data import MarketDataResource, rest_provider
@@ -19,15 +18,11 @@ from resources.runtime import RuntimeResource
 def macro_series(context: dg.AssetExecutionContext, policies: PoliciesResource, market_data: MarketDataResource,
                  warehouse: DuckDBResource, runtime: RuntimeResource) -> dg.MaterializeResult:
     pol, as_of = policies.load(), partition_as_of(context)
-    cfg = pol.models.regime
     entitled = "fred" in market_data.entitled(pol) and pol.providers.providers["fred"].implemented
     fred = rest_provider("fred", pol, market_data) if entitled else None
     archive = runtime.raw_archive_dir(context.run_id)
-    outcome = fetch_macro_series(fred, [cfg.vix_series, *cfg.macro_series], as_of.date(), cfg.macro_lookback_days,
-                                 archive)
     with warehouse.get_connection() as con:
-        replace_partition(con, "macro_observations", outcome.observations, "as_of", as_of.date())
-        replace_partition(con, "macro_fetch_log", outcome.status, "as_of", as_of.date())
+        outcome = nightly.run_macro_series(con, pol, as_of, fred, archive)
     return dg.MaterializeResult(metadata={
         "entitled": entitled,
         "series": len(outcome.status),
