@@ -281,6 +281,10 @@ class QualityPolicy(_Strict):
 class NightlySchedule(_Strict):
     cron: str
     timezone: str = "America/New_York"
+    # Freshness (issue 14): each nightly asset is due by this cron, materialized at most
+    # ``freshness_window_hours`` before it — shown in the UI as fresh / overdue.
+    freshness_deadline_cron: str = "30 21 * * 1-5"
+    freshness_window_hours: float = Field(default=3.0, gt=0, le=72)
 
 
 class IntradaySchedule(_Strict):

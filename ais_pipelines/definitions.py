@@ -5,6 +5,7 @@ resources of the chosen environment (local / ci / prod). Nothing is decided at i
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,7 @@ ENVIRONMENTS = ("local", "ci", "prod")
 # Issue 15: jobs that write the DuckDB warehouse carry this tag; the service profile's
 # QueuedRunCoordinator (ops/dagster.service.yaml) runs one of them at a time per value.
 WAREHOUSE_WRITER_TAG = {"ais/warehouse": "main"}
+NIGHTLY_GROUPS = ("ingestion", "quality", "intelligence", "portfolio")  # what nightly_job materializes
 
 
 def resources_for(env: str, runtime_root: str) -> dict[str, object]:
@@ -77,7 +79,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     nightly_job = dg.define_asset_job(
         "nightly_job",
         tags={"dagster/max_runtime": 3600, **WAREHOUSE_WRITER_TAG},  # run monitoring: a hung night is cancelled
-        selection=dg.AssetSelection.groups("ingestion", "quality", "intelligence", "portfolio"),
+        selection=dg.AssetSelection.groups(*NIGHTLY_GROUPS),
         description="Nightly, for as-of session D: ingest → quality → features → regime → forecasts → "
         "decay → lifecycle → candidates → scenarios → auction → CVaR → order proposals for D+1.",
         executor_def=dg.in_process_executor,
@@ -114,7 +116,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
             return dg.SkipReason("run has no as-of partition")
         return dg.RunRequest(run_key=f"report-{context.dagster_run.run_id}", partition_key=pk)
 
-    return dg.Definitions(
+    defs = dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[nightly_job, refit_job, reporting_job, execution.intraday_execution_job, execution.reconciliation_job,
@@ -129,6 +131,12 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
         ],
         resources={**resources_for(env, root), "dbt": reporting.dbt_resource(project)},
     )
+    nightly_cfg = policies.schedules.nightly  # freshness expectations of the nightly assets (issue 14)
+    fresh = dg.FreshnessPolicy.cron(deadline_cron=nightly_cfg.freshness_deadline_cron,
+                                    lower_bound_delta=timedelta(hours=nightly_cfg.freshness_window_hours),
+                                    timezone=nightly_cfg.timezone)
+    return defs.map_asset_specs(
+        func=lambda spec: dg.apply_freshness_policy(spec, fresh) if spec.group_name in NIGHTLY_GROUPS else spec)
 
 
 @dg.definitions

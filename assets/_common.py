@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -11,15 +12,42 @@ import pandas as pd
 from ais_pipelines.core.schemas import validate_frame
 
 
-def md_table(frame: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
-    """A markdown table for the UI (first ``max_rows`` rows; floats rounded)."""
-    if frame.empty:
-        return dg.MetadataValue.md("_(no rows)_")
-    shown = frame.head(max_rows).copy()
-    for col in shown.select_dtypes("float").columns:
-        shown[col] = shown[col].round(4)
-    more = f"\n\n_{len(frame) - max_rows} more rows_" if len(frame) > max_rows else ""
-    return dg.MetadataValue.md(shown.to_markdown(index=False) + more)
+def _ui_type(dtype: Any) -> str:
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    return "string"
+
+
+def _ui_value(value: Any, kind: str) -> Any:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if kind == "float":
+        return round(float(value), 4)  # the UI shows 4 decimals, never e-notation noise
+    if kind == "int":
+        return int(value)
+    if kind == "bool":
+        return bool(value)
+    return str(value)
+
+
+def ui_table(frame: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
+    """A typed table for the UI (``TableSchema`` with column types; first ``max_rows`` rows;
+    floats rounded to 4 decimals). An empty frame is an empty table that still has its columns."""
+    shown = frame.head(max_rows)
+    kinds = {str(c): _ui_type(shown[c].dtype) for c in shown.columns}
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in kinds.items()])
+    records = [dg.TableRecord({name: _ui_value(v, kinds[name]) for name, v in zip(kinds, row, strict=True)})
+               for row in shown.itertuples(index=False, name=None)]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def column_schema(frame: pd.DataFrame) -> dg.TableSchema:
+    """The written table's columns and types (``dagster/column_schema`` on warehouse assets)."""
+    return dg.TableSchema(columns=[dg.TableColumn(str(c), _ui_type(frame[c].dtype)) for c in frame.columns])
 
 
 def schema_check(schema: type, frame: pd.DataFrame, *, what: str, max_cases: int = 20) -> dg.AssetCheckResult:
@@ -33,7 +61,7 @@ def schema_check(schema: type, frame: pd.DataFrame, *, what: str, max_cases: int
             "failure_cases": len(cases),
             "schema": schema.__name__,
             "what": what,
-            "cases": md_table(pd.DataFrame(cases[:max_cases])) if cases else dg.MetadataValue.md("_none_"),
+            "cases": ui_table(pd.DataFrame(cases[:max_cases])) if cases else dg.MetadataValue.md("_none_"),
         },
     )
 

@@ -28,7 +28,7 @@ from ais_pipelines.ledger.leases import ExecutionInProgressError, acquire_lease,
 from ais_pipelines.ledger.store import SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
 from ais_pipelines.warehouse import append_rows, read_table, replace_partition
-from assets._common import md_table
+from assets._common import ui_table
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.policies import PoliciesResource
 from resources.runs import LEASE_OWNER_TAG, lease_owner_gone
@@ -164,9 +164,9 @@ def execution_context(
             "quotes_missing": int(ic.quotes["mid"].isna().sum()),
             "exec_fill_count": float(ic.stats.get("exec_fill_count", 0.0)),
             **recovery_metadata(recovery),
-            "context": md_table(ic.context[shown]),
-            "quotes": md_table(ic.quotes.drop(columns=["quote_error"])),
-            "book": md_table(book),
+            "context": ui_table(ic.context[shown]),
+            "quotes": ui_table(ic.quotes.drop(columns=["quote_error"])),
+            "book": ui_table(book),
         }
     )
 
@@ -217,11 +217,11 @@ def approved_orders(
             "rejected": counts["REJECT"],
             "policy_digest": env_policy.digest,
             "environment": env_policy.environment,
-            "environment_overrides": md_table(overrides),
-            "decisions": md_table(decisions[["order_id", "decision", "reason_codes", "requested_qty",
+            "environment_overrides": ui_table(overrides),
+            "decisions": ui_table(decisions[["order_id", "decision", "reason_codes", "requested_qty",
                                              "approved_qty", "expires_at"]]),
-            "rule_hits_by_rule": md_table(by_rule),
-            "rule_hits": md_table(hits.drop(columns=["policy"], errors="ignore"), max_rows=40),
+            "rule_hits_by_rule": ui_table(by_rule),
+            "rule_hits": ui_table(hits.drop(columns=["policy"], errors="ignore"), max_rows=40),
         }
     )
 
@@ -282,9 +282,9 @@ def executed_orders(
             "refused": int(outcome.orders["refused"].fillna(False).astype(bool).sum()) if len(outcome.orders) else 0,
             "filled_notional": filled_notional,
             "mean_slippage_bps": float(outcome.fills["slippage_bps"].mean()) if len(outcome.fills) else 0.0,
-            "orders_table": md_table(outcome.orders[["order_id", "symbol", "side", "qty", "state", "filled_qty",
+            "orders_table": ui_table(outcome.orders[["order_id", "symbol", "side", "qty", "state", "filled_qty",
                                                      "avg_fill_price", "reason_codes"]]),
-            "fills_table": md_table(outcome.fills[["fill_id", "symbol", "side", "qty", "price", "slippage_bps",
+            "fills_table": ui_table(outcome.fills[["fill_id", "symbol", "side", "qty", "price", "slippage_bps",
                                                    "predicted_impact_bps"]]),
         }
     )
@@ -301,7 +301,7 @@ def orders_have_valid_approvals(
     return dg.AssetCheckResult(
         passed=bad.empty,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"orders_checked": len(table), "invalid": len(bad), "invalid_orders": md_table(bad)},
+        metadata={"orders_checked": len(table), "invalid": len(bad), "invalid_orders": ui_table(bad)},
     )
 
 
@@ -329,7 +329,7 @@ def nothing_in_review_executed(
         passed=not offenders,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"blocked_orders": len(blocked), "executed_without_approval": len(offenders),
-                  "offenders": md_table(pd.DataFrame(offenders))},
+                  "offenders": ui_table(pd.DataFrame(offenders))},
     )
 
 
@@ -409,7 +409,7 @@ def portfolio_state(
             "trading_mode": str(status.mode),
             "kill_switch": status.mode is TradingMode.HALTED,
             "trading_reason_codes": json.dumps([str(c) for c in status.reason_codes]),
-            "positions_table": md_table(state.positions),
+            "positions_table": ui_table(state.positions),
         }
     )
 
@@ -490,7 +490,7 @@ def broker_reconciliation(
             "by_kind": json.dumps(summary["by_kind"]),
             "trading_mode": str(status.mode),
             **recovery_metadata(recovery),
-            "mismatches": md_table(report.mismatches.drop(columns=["reason_code"])),
+            "mismatches": ui_table(report.mismatches.drop(columns=["reason_code"])),
         },
         check_results=[
             dg.AssetCheckResult(

@@ -13,7 +13,7 @@ from ais_pipelines.core.schemas import CanonicalBarsSchema
 from ais_pipelines.data_stages import STAGING_TABLE, promote_staged_bars, store_ingestion
 from ais_pipelines.ingestion import ingest_universe, row_accounting
 from ais_pipelines.warehouse import fetch_one, read_bars, read_table
-from assets._common import md_table, schema_check
+from assets._common import schema_check, ui_table
 from resources.clock import ClockResource
 from resources.market_data import MarketDataResource
 from resources.policies import PoliciesResource
@@ -74,7 +74,7 @@ def raw_daily_bars(
         reasons = failed.groupby("reason_code").size().to_dict()
         raise dg.Failure(
             description=f"no symbol delivered valid bars (provider {configured}): {reasons}",
-            metadata={"failed_symbols": md_table(failed[["symbol", "provider", "reason_code", "detail"]])},
+            metadata={"failed_symbols": ui_table(failed[["symbol", "provider", "reason_code", "detail"]])},
         )
     by_reason = outcome.rejects.groupby("reason_code").size().rename("rows").reset_index()
     synthetic = any(lin.get("synthetic") for lin in outcome.lineage.values() if isinstance(lin, dict))
@@ -93,9 +93,9 @@ def raw_daily_bars(
             "rows_accounted": accounting.balanced,
             "history_first_date": str(outcome.bars["date"].min().date()),
             "raw_archive": dg.MetadataValue.path(str(archive)),
-            "failed_symbols": md_table(failed[["symbol", "provider", "reason_code", "detail"]]),
-            "rejects_by_reason": md_table(by_reason),
-            "per_symbol": md_table(outcome.log[["symbol", "provider", "status", "rows_received", "rows_valid",
+            "failed_symbols": ui_table(failed[["symbol", "provider", "reason_code", "detail"]]),
+            "rejects_by_reason": ui_table(by_reason),
+            "per_symbol": ui_table(outcome.log[["symbol", "provider", "status", "rows_received", "rows_valid",
                                                 "rows_rejected", "reason_code"]], max_rows=60),
             "seconds_fetch": round(outcome.timings_s.get("fetch", 0.0), 3),
             "seconds_normalize": round(outcome.timings_s.get("normalize", 0.0), 3),
@@ -151,7 +151,7 @@ def daily_bars(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> 
             "rows_inserted": stats.inserted,
             "rows_updated": stats.updated,
             "rows_unchanged": stats.unchanged,
-            "by_asset_class": md_table(summary),
+            "by_asset_class": ui_table(summary),
             "dagster/row_count": total,
         }
     )

@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 from ais_pipelines import nightly
 from ais_pipelines.core import regime as regime_core
 from ais_pipelines.warehouse import read_table
-from assets._common import md_table, stage_failure
+from assets._common import column_schema, stage_failure, ui_table
 from assets.partitions import as_of_partitions, partition_as_of
 from assets.quality import data_quality
 from resources.policies import PoliciesResource
@@ -39,11 +39,12 @@ def market_features(context: dg.AssetExecutionContext, policies: PoliciesResourc
     with warehouse.get_connection() as con:
         feats = nightly.run_features(con, pol, as_of, run_id=context.run_id)
     return dg.MaterializeResult(metadata={
+        "dagster/column_schema": column_schema(feats),
         "symbols": len(feats),
         "insufficient": int((~feats["features_ok"]).sum()),
         "median_ewma_vol": float(feats["ewma_vol"].median()),
         "median_liquidity_score": float(feats["liquidity_score"].median()),
-        "features": md_table(feats[["symbol", "close", "ewma_vol", "adv_usd_20d", "spread_bps_est",
+        "features": ui_table(feats[["symbol", "close", "ewma_vol", "adv_usd_20d", "spread_bps_est",
                                     "momentum_12_1", "avg_corr_63d", "liquidity_score", "reason_codes"]]),
     })
 
@@ -76,7 +77,7 @@ def regime_probabilities(context: dg.AssetExecutionContext, policies: PoliciesRe
         "vix_level": float(np.nan_to_num(snap.get("vix_level", np.nan))),  # issue 16
         "vix_source": str(snap.get("vix_source")),
         "macro_reason_codes": ";".join(snap.get("macro_reason_codes") or []) or "none",
-        "transition_matrix": md_table(trans.reset_index(names="from")) if not trans.empty else "none",
+        "transition_matrix": ui_table(trans.reset_index(names="from")) if not trans.empty else "none",
     })
 
 
@@ -104,7 +105,7 @@ def forecast_models(context: dg.AssetExecutionContext, policies: PoliciesResourc
     with warehouse.get_connection() as con:
         rows = nightly.run_model_refit(con, pol, as_of, run_id=context.run_id)
     return dg.MaterializeResult(metadata={
-        "models": md_table(rows[["model", "model_version"]]), "fit_date": str(as_of.date()),
+        "models": ui_table(rows[["model", "model_version"]]), "fit_date": str(as_of.date()),
     })
 
 
@@ -119,12 +120,13 @@ def forecasts(context: dg.AssetExecutionContext, policies: PoliciesResource,
         out = nightly.run_forecasts(con, pol, as_of, run_id=context.run_id)
     per_model, combined = out.per_model, out.combined
     return dg.MaterializeResult(metadata={
+        "dagster/column_schema": column_schema(combined),
         "symbols": len(combined),
         "positive_mu_adj": int((combined["mu_adj"] > 0).sum()),
         "mean_confidence": float(combined["confidence"].mean()),
         "model_age_days": float(per_model["model_age_days"].max()),
         "mean_decay_factor": float(combined["decay_factor"].mean()),
-        "forecasts": md_table(combined[["symbol", "mu", "mu_adj", "sigma", "cvar_95", "p_loss", "confidence",
+        "forecasts": ui_table(combined[["symbol", "mu", "mu_adj", "sigma", "cvar_95", "p_loss", "confidence",
                                         "decay_factor", "model_age_days", "reason_codes"]]),
     })
 
@@ -139,10 +141,11 @@ def model_decay_metrics(context: dg.AssetExecutionContext, policies: PoliciesRes
         table = nightly.run_decay(con, pol, as_of, run_id=context.run_id)
     by_model = table.groupby("model")[["age_days", "age_factor", "error_factor", "flip_factor", "decay_factor"]].mean()
     return dg.MaterializeResult(metadata={
+        "dagster/column_schema": column_schema(table),
         "max_age_days": float(table["age_days"].max()),
         "mean_decay_factor": float(table["decay_factor"].mean()),
         "expired_models": int((table["age_factor"] == 0).sum()),
-        "by_model": md_table(by_model.reset_index()),
+        "by_model": ui_table(by_model.reset_index()),
     })
 
 
@@ -155,7 +158,7 @@ def strategy_lifecycle(context: dg.AssetExecutionContext, policies: PoliciesReso
     pol, as_of = policies.load(), partition_as_of(context)
     with warehouse.get_connection() as con:
         table = nightly.run_lifecycle(con, pol, as_of)
-    return dg.MaterializeResult(metadata={"strategies": md_table(table)})
+    return dg.MaterializeResult(metadata={"strategies": ui_table(table), "dagster/column_schema": column_schema(table)})
 
 
 @dg.asset(**INTEL, deps=[forecasts, market_features, strategy_lifecycle, data_quality],
@@ -169,10 +172,11 @@ def strategy_candidates(context: dg.AssetExecutionContext, policies: PoliciesRes
         cands = nightly.run_candidates(con, pol, as_of)
     counts = cands.groupby(["strategy_id", "status"]).size().rename("candidates").reset_index()
     return dg.MaterializeResult(metadata={
+        "dagster/column_schema": column_schema(cands),
         "candidates": len(cands),
         "eligible": int((cands["status"] == "VALID").sum()),
-        "by_strategy": md_table(counts),
+        "by_strategy": ui_table(counts),
         "strategies_not_started": ", ".join(s.id for s in pol.strategies.strategies if s.inception > as_of.date()) or "none",
-        "top": md_table(cands.sort_values("mu_adj", ascending=False)[
+        "top": ui_table(cands.sort_values("mu_adj", ascending=False)[
             ["candidate_id", "mu_adj", "confidence", "status", "stage", "strategy_cap"]], max_rows=20),
     })

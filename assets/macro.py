@@ -4,7 +4,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ais_pipelines import nightly
-from assets._common import md_table
+from assets._common import ui_table
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.market_data import MarketDataResource, rest_provider
 from resources.policies import PoliciesResource
@@ -28,6 +28,6 @@ def macro_series(context: dg.AssetExecutionContext, policies: PoliciesResource, 
         "series": len(outcome.status),
         "series_ok": int((outcome.status["status"] == "OK").sum()),
         "observations": len(outcome.observations),
-        "fetch_log": md_table(outcome.status.drop(columns=["raw_path"])),
+        "fetch_log": ui_table(outcome.status.drop(columns=["raw_path"])),
         "lineage": dg.MetadataValue.json(outcome.lineage),
     })

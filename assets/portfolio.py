@@ -13,7 +13,7 @@ from ais_pipelines.core import auction as auction_core
 from ais_pipelines.core import cvar as cvar_core
 from ais_pipelines.core.scenarios import Scenarios
 from ais_pipelines.warehouse import read_table
-from assets._common import md_table, stage_failure
+from assets._common import column_schema, stage_failure, ui_table
 from assets.intelligence import read_regime, strategy_candidates
 from assets.partitions import as_of_partitions, partition_as_of
 from assets.quality import data_quality
@@ -76,6 +76,7 @@ def capital_auction(context: dg.AssetExecutionContext, policies: PoliciesResourc
     table, symbols, summary, warm_source = out.allocations, out.symbols, out.summary, out.warm_source
     allocated = table[table["weight"] > 0] if not table.empty else table
     return dg.MaterializeResult(metadata={
+        "dagster/column_schema": column_schema(table),
         "status": str(summary.get("status")),
         "candidates": len(table),
         "allocated": len(allocated),
@@ -88,10 +89,10 @@ def capital_auction(context: dg.AssetExecutionContext, policies: PoliciesResourc
         "warm_started": bool(summary.get("warm_started", False)),
         "warm_start_source": warm_source or "none",
         "reason_codes": str(summary.get("reason_codes", "")),
-        "symbols": md_table(symbols.sort_values("target_weight", ascending=False)[
+        "symbols": ui_table(symbols.sort_values("target_weight", ascending=False)[
             ["symbol", "current_weight", "target_weight", "trade", "decision", "binding_constraint", "reason_codes"]]
             if len(symbols) else symbols, max_rows=40),
-        "allocations": md_table(table.sort_values("weight", ascending=False)[
+        "allocations": ui_table(table.sort_values("weight", ascending=False)[
             ["candidate_id", "weight", "rank", "decision", "binding_cap", "mu_adj", "cvar_contribution",
              "reason_codes"]] if len(table) else table, max_rows=40),
     })
@@ -105,7 +106,7 @@ def no_allocation_to_ineligible(context: dg.AssetCheckExecutionContext,
         table = read_table(con, "capital_allocations", "as_of = ?", [partition_as_of(context).date()])
     bad = table[(table["eligibility"] != ELIGIBLE) & (table["weight"] > 0)] if not table.empty else table
     return dg.AssetCheckResult(passed=bad.empty, metadata={
-        "violations": len(bad), "detail": md_table(bad[["candidate_id", "eligibility", "weight"]]) if len(bad) else "none"})
+        "violations": len(bad), "detail": ui_table(bad[["candidate_id", "eligibility", "weight"]]) if len(bad) else "none"})
 
 
 @dg.asset_check(asset=capital_auction, partitions_def=as_of_partitions,
@@ -149,9 +150,10 @@ def portfolio_cvar(context: dg.AssetExecutionContext, policies: PoliciesResource
         out = nightly.run_portfolio_cvar(con, pol, as_of)
     res, dec, comp = out.result, out.decision, out.components
     return dg.MaterializeResult(metadata={
+        "dagster/column_schema": column_schema(out.summary),
         "var_95": float(res.var), "cvar_95": float(res.cvar), "cvar_after_scaling": float(dec.cvar_after),
         "cvar_limit": r.portfolio_cvar_limit, "scale": float(dec.scale), "positions": len(comp),
-        "components": md_table(comp.sort_values("component_after", ascending=False)),
+        "components": ui_table(comp.sort_values("component_after", ascending=False)),
     })
 
 
@@ -195,10 +197,11 @@ def order_proposals(context: dg.AssetExecutionContext, policies: PoliciesResourc
     orders, regime, nav = out.orders, out.regime, out.nav
     proposed = orders[orders["status"] == "PROPOSED"] if not orders.empty else orders
     return dg.MaterializeResult(metadata={
+        "dagster/column_schema": column_schema(orders),
         "proposed": len(proposed), "rejected": int(len(orders) - len(proposed)),
         "gross_notional": float(proposed["notional"].abs().sum()) if len(proposed) else 0.0,
         "regime": str(regime.get("regime")), "nav": nav,
-        "orders": md_table(orders[["symbol", "side", "qty", "notional", "impact_bps", "style", "status",
+        "orders": ui_table(orders[["symbol", "side", "qty", "notional", "impact_bps", "style", "status",
                                    "reason_codes"]] if len(orders) else orders, max_rows=40),
     })
 

@@ -21,7 +21,7 @@ from ais_pipelines.data_stages import (  # noqa: F401  (moved there in issue 13;
     trailing_mean_scores,
 )
 from ais_pipelines.warehouse import read_table
-from assets._common import md_table, schema_check, symbols_md
+from assets._common import column_schema, schema_check, symbols_md, ui_table
 from assets.ingestion import daily_bars
 from assets.partitions import as_of_partitions, partition_as_of
 from resources.policies import PoliciesResource
@@ -61,6 +61,7 @@ def data_quality(
                                                   first=("session", "min"), last=("session", "max")).reset_index()
     return dg.MaterializeResult(
         metadata={
+            "dagster/column_schema": column_schema(table),
             "as_of": str(as_of.date()),
             "symbols": len(table),
             "valid": int(counts.get("VALID", 0)),
@@ -73,10 +74,10 @@ def data_quality(
             "provider_failure_rate": float(health.metrics["provider_failure_rate"]),
             "stale_share": float(health.metrics["stale_share"]),
             "mean_quality_drop": float(health.metrics["mean_quality_drop"]),
-            "worst_symbols": md_table(worst[["symbol", "asset_class", "data_quality_score", "status",
+            "worst_symbols": ui_table(worst[["symbol", "asset_class", "data_quality_score", "status",
                                              "valid_sessions", "reason_codes"]]),
             "flag_events": len(run.events),
-            "flag_events_by_flag": md_table(by_flag),
+            "flag_events_by_flag": ui_table(by_flag),
             "dagster/row_count": len(table),
         }
     )
@@ -110,7 +111,7 @@ def _gate_result(table: pd.DataFrame, status: str, minimum: int, label: str) -> 
             "excluded_symbols": symbols_md(sorted(excluded["symbol"])),
             "tradable_symbols": tradable,
             "min_tradable_symbols": minimum,
-            "detail": md_table(excluded[["symbol", "data_quality_score", "valid_sessions", "reason_codes"]]),
+            "detail": ui_table(excluded[["symbol", "data_quality_score", "valid_sessions", "reason_codes"]]),
             "gate": label,
         },
     )
@@ -176,7 +177,7 @@ def data_health_gate(
             "breaches": len(breaches),
             "summary": summary or ("within limits" if passed else "never assessed"),
             "trading_mode": status_text,
-            "health": md_table(table.drop(columns=["as_of"], errors="ignore")),
+            "health": ui_table(table.drop(columns=["as_of"], errors="ignore")),
         },
     )
 
@@ -213,6 +214,6 @@ def data_quality_report(
             "data_docs": dg.MetadataValue.path(str(result.index_path.resolve())),
             "data_docs_url": dg.MetadataValue.url(result.index_path.resolve().as_uri()),
             "bars_suite_passed": result.success,
-            "suites": md_table(rows),
+            "suites": ui_table(rows),
         }
     )

@@ -13,7 +13,7 @@ from dagster_duckdb import DuckDBResource
 
 from ais_pipelines import nightly
 from ais_pipelines.warehouse import read_table
-from assets._common import md_table
+from assets._common import ui_table
 from assets.partitions import as_of_partitions, partition_as_of
 from assets.portfolio import order_proposals
 from resources.policies import PoliciesResource
@@ -39,7 +39,7 @@ def reasoning_memos(context: dg.AssetExecutionContext, policies: PoliciesResourc
         "memos": len(frame),
         **{f"verdict_{k.lower()}": int(counts.get(k, 0)) for k in ("ALLOW", "ALLOW_WITH_CAUTION", "DENY", "FAILED")},
         "median_latency_ms": float(frame["latency_ms"].median()) if len(frame) else 0.0,
-        "memo_table": md_table(frame[["symbol", "side", "verdict", "risk_flags", "provider", "memo_id"]]
+        "memo_table": ui_table(frame[["symbol", "side", "verdict", "risk_flags", "provider", "memo_id"]]
                                if len(frame) else frame),
     })
 

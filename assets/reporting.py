@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 
 from ais_pipelines.config import REPO_ROOT
 from ais_pipelines.reports.ledger_copy import LEDGER_TABLES, copy_ledger_to_warehouse, ledger_read_engine
-from assets._common import md_table
+from assets._common import ui_table
 from assets.intelligence import model_decay_metrics, regime_probabilities, strategy_lifecycle
 from assets.partitions import as_of_partitions, partition_as_of
 from assets.quality import data_quality
@@ -90,7 +90,7 @@ def ledger_snapshot(context: dg.AssetExecutionContext, ledger: LedgerResource, w
         "orders": result.rows.get("ledger_orders", 0),
         "fills": result.rows.get("ledger_fills", 0),
         "missing_in_ledger": ", ".join(result.missing) or "none",
-        "rows_by_table": md_table(rows),
+        "rows_by_table": ui_table(rows),
         "dagster/row_count": result.total_rows,
     })
     yield dg.AssetCheckResult(

@@ -87,3 +87,32 @@ def test_schedules_and_sensors_run_by_themselves_only_in_local(defs, tmp_path):
     local = build_definitions(env="local", runtime_root=str(tmp_path))
     every = [*local.schedules, *local.sensors]
     assert {d.name: d.default_status.value for d in every} == {d.name: "RUNNING" for d in every}
+
+
+def test_nightly_assets_carry_the_declared_freshness_policy(defs):
+    """Issue 14: the UI shows nightly assets fresh / overdue against policies/schedules.yaml."""
+    g = defs.resolve_asset_graph()
+    nightly = {k for k in g.get_all_asset_keys()
+               if g.get(k).group_name in ("ingestion", "quality", "intelligence", "portfolio")}
+    assert {"data_quality", "order_proposals"} <= {k.to_user_string() for k in nightly}
+    for key in nightly:
+        policy = g.get(key).freshness_policy
+        assert policy is not None, key
+        assert policy.deadline_cron == "30 21 * * 1-5" and policy.lower_bound_delta.total_seconds() == 3 * 3600
+    assert g.get(dg.AssetKey("executed_orders")).freshness_policy is None  # intraday: driven by the sensor
+
+
+def test_ui_tables_are_typed_and_rounded():
+    import pandas as pd
+
+    from assets._common import column_schema, ui_table
+
+    frame = pd.DataFrame({"symbol": ["A", "B"], "weight": [0.123456789, float("nan")], "n": [1, 2],
+                          "ok": [True, False]})
+    table = ui_table(frame)
+    assert [(c.name, c.type) for c in table.schema.columns] == [
+        ("symbol", "string"), ("weight", "float"), ("n", "int"), ("ok", "bool")]
+    assert table.records[0].data == {"symbol": "A", "weight": 0.1235, "n": 1, "ok": True}
+    assert table.records[1].data["weight"] is None  # NaN is an empty cell, not "nan"
+    assert [c.name for c in ui_table(frame.iloc[:0]).schema.columns] == list(frame.columns)
+    assert [c.type for c in column_schema(frame).columns] == ["string", "float", "int", "bool"]
