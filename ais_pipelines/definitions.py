@@ -63,6 +63,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     )
     from assets import replay as replay_assets  # issue 12: the walk-forward replay job
     from sensors.execution import execution_sensor, reconciliation_sensor
+    from sensors.review import review_queue_sensor
     from sensors.schedules import nightly_schedule, refit_schedule
 
     env = env or os.environ.get("AIS_ENV", "local")
@@ -128,6 +129,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
             execution_sensor(execution.intraday_execution_job, policies, running=running),
             reconciliation_sensor(execution.reconciliation_job, policies, running=running),
             reporting_after_runs,
+            review_queue_sensor(control.review_decision_job, policies, running=running),  # issue 14
         ],
         resources={**resources_for(env, root), "dbt": reporting.dbt_resource(project)},
     )

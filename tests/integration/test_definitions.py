@@ -116,3 +116,24 @@ def test_ui_tables_are_typed_and_rounded():
     assert table.records[1].data["weight"] is None  # NaN is an empty cell, not "nan"
     assert [c.name for c in ui_table(frame.iloc[:0]).schema.columns] == list(frame.columns)
     assert [c.type for c in column_schema(frame).columns] == ["string", "float", "int", "bool"]
+
+
+def test_review_queue_sensor_lists_pending_items_and_never_launches(tmp_path):
+    """Issue 14: the UI's review queue — the sensor names each pending item and how to decide it."""
+    from datetime import UTC, datetime
+
+    from resources.trading import LedgerResource
+    from sensors.review import review_queue_sensor
+
+    defs = build_definitions(env="ci", runtime_root=str(tmp_path))
+    sensor = defs.get_sensor_def("review_queue_sensor")
+    ledger = LedgerResource(runtime_root=str(tmp_path))
+    empty = sensor(dg.build_sensor_context(resources={"ledger": ledger}))
+    assert isinstance(empty, dg.SkipReason) and "review queue empty" in empty.skip_message
+    ledger.store().enqueue_review("review:2026-11-18:MSFT:BUY", {"symbol": "MSFT", "side": "BUY", "qty": 3},
+                                  ["LOW_CONFIDENCE"], now=datetime(2026, 11, 19, 15, tzinfo=UTC))
+    tick = sensor(dg.build_sensor_context(resources={"ledger": ledger}))
+    assert isinstance(tick, dg.SkipReason)
+    assert tick.skip_message.startswith("1 pending: review:2026-11-18:MSFT:BUY (LOW_CONFIDENCE)")
+    assert "review_decision_job" in tick.skip_message
+    assert review_queue_sensor.__module__ == "sensors.review"
