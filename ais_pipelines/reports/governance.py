@@ -68,6 +68,35 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("trading-state", "Trading state and overrides"),
 )
 
+# One sentence per section, for a reader who was not in the room (issue 14).
+SECTION_LEADS: dict[str, str] = {
+    "data-quality": "Which symbols had data good enough to trade on, and the dated flags behind each score.",
+    "regime": "The market regime the model believes in, and how likely a crisis is within five sessions.",
+    "strategies": "Each strategy's lifecycle stage, its capital cap and how much its models have decayed.",
+    "allocations": "How the capital auction split the book among strategies and symbols, and why some got none.",
+    "cvar": "Expected loss in the worst 5 % of five-session scenarios, against the declared limits.",
+    "decisions": "What the pre-trade policy decided for every proposed order, and which rules and vetoes fired.",
+    "orders": "Orders sent to the broker in the session, and what was filled at what price.",
+    "pnl": "Net asset value, profit and loss and drawdown of the book, from the ledger.",
+    "trading-state": "Whether trading was active, paused or halted, and every human override with who and why.",
+}
+
+# Column headers in plain words with units; anything else: underscores become spaces.
+PLAIN_COLUMNS: dict[str, str] = {
+    "p_crisis_5d": "P(crisis within 5 sessions)", "cvar_95": "CVaR 95 %", "var_95": "VaR 95 %",
+    "mu_adj": "adjusted expected return", "mu": "expected return", "sigma": "volatility",
+    "adv_usd_20d": "20-day ADV (USD)", "spread_bps_est": "spread (bps)", "ewma_vol": "EWMA volatility",
+    "data_quality_score": "data-quality score", "qty": "quantity", "avg_price": "average price",
+    "nav": "NAV", "pnl": "P&L", "component_cvar": "CVaR contribution", "marginal_cvar": "marginal CVaR",
+    "cvar_after": "CVaR after scaling", "as_of": "as-of session", "item_id": "review item",
+    "order_id": "order", "client_order_id": "client order id", "rule_id": "rule", "strategy_id": "strategy",
+    "bps": "bps", "fee_bps": "fee (bps)", "impact_bps": "impact (bps)", "weight": "weight",
+}
+
+
+def plain_column(name: str) -> str:
+    return PLAIN_COLUMNS.get(name, name.replace("_", " "))
+
 
 def _empty() -> pd.DataFrame:
     return pd.DataFrame()
@@ -454,6 +483,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 img.plot{max-width:100%;height:auto;border:1px solid #eef1f5;border-radius:4px;margin:6px 0}
 footer{color:#7a8396;font-size:12px;padding:0 32px 30px}
 .scroll{overflow-x:auto;max-width:100%}
+.lead{color:#3a4356;margin:0 0 8px}
 """
 
 _GOOD = {"VALID", "APPROVE", "APPROVED", "ACTIVE", "FILLED", "NORMAL", "ALLOCATED", "OPTIMAL", "PROPOSED"}
@@ -537,7 +567,7 @@ def html_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, *, kin
         cols = [c for c in columns if c in f.columns]
         f = f[cols] if cols else f
     shown = f.head(max_rows)
-    head = "".join(f"<th>{_esc(c)}</th>" for c in shown.columns)
+    head = "".join(f"<th>{_esc(plain_column(str(c)))}</th>" for c in shown.columns)
     body = "".join(
         "<tr>" + "".join(_cell(str(c), v, kinds) for c, v in zip(shown.columns, row, strict=True)) + "</tr>"
         for row in shown.itertuples(index=False, name=None)
@@ -548,7 +578,7 @@ def html_table(frame: pd.DataFrame, columns: Sequence[str] | None = None, *, kin
 
 def kv_table(pairs: Iterable[tuple[str, Any]], kinds: Mapping[str, str] | None = None) -> str:
     kinds = dict(kinds or {})
-    rows = "".join(f"<tr><th>{_esc(k)}</th>{_cell(k, v, kinds)}</tr>" for k, v in pairs)
+    rows = "".join(f"<tr><th>{_esc(plain_column(str(k)))}</th>{_cell(k, v, kinds)}</tr>" for k, v in pairs)
     return f"<table><tbody>{rows}</tbody></table>"
 
 
@@ -1016,7 +1046,8 @@ def render_governance_report(sections: GovernanceInputs) -> str:
         except Exception as exc:  # a broken section must not hide the others
             content = f'<p class="empty bad">This section could not be rendered: {_esc(type(exc).__name__)}: ' \
                       f"{_esc(exc)}</p>"
-        body.append(f'<section id="{anchor}"><h2>{_esc(title)}</h2>{content}</section>')
+        lead = f'<p class="lead">{_esc(SECTION_LEADS[anchor])}</p>' if anchor in SECTION_LEADS else ""
+        body.append(f'<section id="{anchor}"><h2>{_esc(title)}</h2>{lead}{content}</section>')
     notes = "".join(f"<li>{_esc(n)}</li>" for n in i.notes)
     missing = ", ".join(i.missing_tables)
     execution = f" · execution session {i.execution_session}" if i.execution_session else ""

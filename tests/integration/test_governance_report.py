@@ -72,6 +72,16 @@ def test_report_asset_writes_a_self_contained_file_with_every_section(materializ
     assert "<script" not in html and not re.search(r'(src|href)="(https?:)?//', html)
     assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', html)) >= 5
     assert "could not be rendered" not in html
+    # for a risk officer (issue 14): one sentence per section, headers in plain words
+    import html as html_lib
+
+    from ais_pipelines.reports.governance import SECTION_LEADS
+
+    for anchor, _ in SECTIONS:
+        assert f'<p class="lead">{html_lib.escape(SECTION_LEADS[anchor], quote=True)}</p>' in html, anchor
+    headers = re.findall(r"<th>([^<]*)</th>", html)
+    assert headers and not [h for h in headers if "_" in h], headers
+    assert not re.search(r"\d[eE][+-]\d", text_of(html))  # no e-notation anywhere
 
 
 def test_report_shows_the_sessions_real_numbers(materialized):
