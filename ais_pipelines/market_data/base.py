@@ -99,3 +99,13 @@ class HistoryProvider(Protocol):
     name: str
 
     def fetch_daily_bars(self, request: InstrumentRequest, start: date, end: date) -> FetchResult: ...
+
+
+def dated_raw_bars(frame: pd.DataFrame, dates: list, symbol: str) -> tuple[pd.DataFrame, int]:
+    """The raw bar frame with its ``date`` column: session dates when every row is daily, else the
+    tz-aware stamps kept as they are (normalization rejects them as intraday); and that count."""
+    non_daily = sum(1 for d in dates if d.tzinfo is not None)
+    frame["date"] = (pd.Series(dates, dtype=object) if non_daily
+                     else pd.to_datetime(pd.Series(dates, dtype=object)).astype("datetime64[ns]"))
+    frame["symbol"] = symbol
+    return frame[RAW_BAR_COLUMNS], non_daily

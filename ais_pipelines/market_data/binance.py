@@ -25,12 +25,12 @@ import pandas as pd
 
 from ais_pipelines.core.asset_classes import AssetClass
 from ais_pipelines.market_data.base import (
-    RAW_BAR_COLUMNS,
     FetchResult,
     InstrumentRequest,
     ProviderEmptyError,
     ProviderMalformedError,
     ProviderRejectedError,
+    dated_raw_bars,
 )
 from ais_pipelines.market_data.http import HttpProviderClient
 
@@ -73,11 +73,7 @@ def parse_klines(rows: list[Any], symbol: str, start: date, end: date) -> tuple[
     frame[values] = frame[values].apply(pd.to_numeric, errors="coerce").astype("float64")
     frame = frame.loc[[start <= t.date() <= end for t in frame["ts"]]].reset_index(drop=True)
     dates = [pd.Timestamp(t.date()) if t.time() == time(0, 0) else t for t in frame["ts"]]
-    non_daily = sum(1 for d in dates if d.tzinfo is not None)
-    frame["date"] = (pd.Series(dates, dtype=object) if non_daily
-                     else pd.to_datetime(pd.Series(dates, dtype=object)).astype("datetime64[ns]"))
-    frame["symbol"] = symbol
-    return frame[RAW_BAR_COLUMNS], non_daily
+    return dated_raw_bars(frame, dates, symbol)
 
 
 class BinanceProvider:

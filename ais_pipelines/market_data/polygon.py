@@ -22,12 +22,12 @@ import pandas as pd
 
 from ais_pipelines.core.asset_classes import AssetClass
 from ais_pipelines.market_data.base import (
-    RAW_BAR_COLUMNS,
     FetchResult,
     InstrumentRequest,
     ProviderEmptyError,
     ProviderMalformedError,
     ProviderRejectedError,
+    dated_raw_bars,
 )
 from ais_pipelines.market_data.http import HttpProviderClient
 
@@ -96,11 +96,7 @@ def parse_aggs(results: list[Any], symbol: str, asset_class: AssetClass, start: 
     keep = [start <= d <= end for d in local]
     frame = frame.loc[keep].reset_index(drop=True)
     dates = [d for d, k in zip(dates, keep, strict=True) if k]
-    non_daily = sum(1 for d in dates if d.tzinfo is not None)
-    frame["date"] = (pd.Series(dates, dtype=object) if non_daily
-                     else pd.to_datetime(pd.Series(dates, dtype=object)).astype("datetime64[ns]"))
-    frame["symbol"] = symbol
-    return frame[RAW_BAR_COLUMNS], non_daily
+    return dated_raw_bars(frame, dates, symbol)
 
 
 class PolygonProvider:
