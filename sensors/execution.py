@@ -147,10 +147,15 @@ def check_outcome(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, par
         for rec in storage.get_asset_check_execution_history(check_key, limit=25):
             if rec.run_id == record.run_id and rec.status is not AssetCheckExecutionRecordStatus.PLANNED:
                 record = rec
-                # Current when the partition's newest materialization is from the same run.
-                mats = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=check_key.asset_key, asset_partitions=[partition]), limit=1
-                ).records
+                # Current when the newest materialization (of the partition, for a partitioned
+                # asset) is from the same run. An unpartitioned asset (daily_bars) checked in a
+                # partitioned run also gets the run's partition on its planned record.
+                mats = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=check_key.asset_key),
+                                                       limit=1).records
+                if mats and mats[0].partition_key is not None:
+                    mats = instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=check_key.asset_key, asset_partitions=[partition]), limit=1
+                    ).records
                 current = bool(mats) and mats[0].run_id == rec.run_id
                 break
     if record is None:

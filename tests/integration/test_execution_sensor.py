@@ -260,3 +260,32 @@ def test_reconciliation_sensor_runs_once_per_book_state(rig: Rig) -> None:
     assert rig.run().success  # the book changes: one new reconciliation
     changed, new_cursor = reconcile_tick(rig, cursor)
     assert isinstance(changed, dg.RunRequest) and new_cursor != cursor and changed.run_key != first.run_key
+
+
+def test_unpartitioned_assets_check_in_a_partitioned_run_is_current(tmp_path) -> None:
+    """daily_bars is unpartitioned but checked inside each nightly (partitioned) run: its planned
+    check record carries the run's partition. Found by the demo after issue 13's time-window
+    partitions: the gate called it stale and nothing traded."""
+    from sensors.execution import check_outcome
+
+    parts = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+
+    @dg.asset(name="bars_all")
+    def bars_all() -> None:
+        return None
+
+    @dg.asset_check(asset=bars_all, blocking=True)
+    def bars_ok() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True)
+
+    @dg.asset(deps=[bars_all], partitions_def=parts)
+    def nightly_thing() -> None:
+        return None
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        for day in ("2026-11-19", "2026-11-20"):
+            job = dg.define_asset_job("j", selection=[bars_all, nightly_thing], partitions_def=parts)
+            defs = dg.Definitions(assets=[bars_all, nightly_thing], asset_checks=[bars_ok], jobs=[job])
+            assert defs.resolve_job_def("j").execute_in_process(instance=instance, partition_key=day).success
+        key = dg.AssetCheckKey(dg.AssetKey("bars_all"), "bars_ok")
+        assert check_outcome(instance, key, "2026-11-20") == (True, "passed")
