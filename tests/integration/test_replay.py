@@ -141,6 +141,12 @@ def test_crisis_onset_de_risks_and_trades_reduce_only(policies_dir: Path, tmp_pa
     prov = yaml.safe_load((policies_dir / "providers.yaml").read_text())
     prov["sample"]["n_sessions"] = 1860  # ≥ 1260 valid sessions before the crisis
     (policies_dir / "providers.yaml").write_text(yaml.safe_dump(prov, sort_keys=False))
+    # Point in time (issue 13): the shipped strategies start in 2026; for a 2024 replay they must
+    # have been declared before it, or nothing is nominated (the time-travel fix).
+    strategies = yaml.safe_load((policies_dir / "strategies.yaml").read_text())
+    for spec in strategies["strategies"]:
+        spec["inception"] = "2020-01-02"
+    (policies_dir / "strategies.yaml").write_text(yaml.safe_dump(strategies, sort_keys=False))
     models = yaml.safe_load((policies_dir / "models.yaml").read_text())["regime"]
     thr, floor = float(models["crisis_threshold"]), float(models["min_exposure_scale"])
     res = run_replay(ReplayConfig(date(2024, 11, 15), date(2024, 11, 19), tmp_path / "crisis",
