@@ -52,10 +52,10 @@ clean:
 # --- issue 15: the production profile (PostgreSQL instance + ledger, daemon, webserver) -------
 .PHONY: up down status
 up: setup
-	./ops/service.sh up
+	./ais_pipelines/service/service.sh up
 
 status:
-	./ops/service.sh status
+	./ais_pipelines/service/service.sh status
 
 down:
-	./ops/service.sh down
+	./ais_pipelines/service/service.sh down

@@ -15,7 +15,7 @@ from ais_pipelines.config import Policies
 
 ENVIRONMENTS = ("local", "ci", "prod")
 # Issue 15: jobs that write the DuckDB warehouse carry this tag; the service profile's
-# QueuedRunCoordinator (ops/dagster.service.yaml) runs one of them at a time per value.
+# QueuedRunCoordinator (ais_pipelines/service/dagster.service.yaml) runs one of them at a time per value.
 WAREHOUSE_WRITER_TAG = {"ais/warehouse": "main"}
 NIGHTLY_GROUPS = ("ingestion", "quality", "intelligence", "portfolio")  # what nightly_job materializes
 

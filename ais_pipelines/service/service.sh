@@ -11,7 +11,7 @@
 # initdb data directory there; as root (PostgreSQL refuses to run as root) it is a Debian
 # cluster "ais_service" owned by the postgres user (pg_createcluster), data under /var/lib.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 UV=${UV:-uv}
 RUNTIME=${AIS_RUNTIME_DIR:-$ROOT/runtime}
@@ -108,7 +108,7 @@ graphql() {
 
 up() {
   pg_up
-  cp ops/dagster.service.yaml "$SVC/dagster_home/dagster.yaml"
+  cp ais_pipelines/service/dagster.service.yaml "$SVC/dagster_home/dagster.yaml"
   service_env
   # Byte-compile once: a launched run re-imports the code location, compiling it every time
   # when no .pyc exists (PYTHONDONTWRITEBYTECODE) costs seconds per run.
@@ -163,5 +163,5 @@ case "${1:-}" in
   up) up ;;
   status) status ;;
   down) down ;;
-  *) die "usage: ops/service.sh up|status|down" ;;
+  *) die "usage: ais_pipelines/service/service.sh up|status|down" ;;
 esac
