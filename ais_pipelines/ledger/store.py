@@ -739,14 +739,20 @@ class LedgerStore:
 
     def _apply_position(self, conn: Connection, f: FillRecord, now: datetime) -> None:
         p = m.positions.c
+        # Create the row first (a no-op when it exists): SELECT … FOR UPDATE locks nothing on a
+        # missing row, so two processes filling a new symbol at once both inserted (PostgreSQL
+        # unique violation, found by the concurrent-submit fault test).
+        empty = {"symbol": f.symbol, "qty": 0.0, "avg_price": 0.0, "realized_pnl": 0.0, "updated_at": now}
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        conn.execute(dialect_insert(m.positions).values(**empty).on_conflict_do_nothing(index_elements=["symbol"]))
         row = conn.execute(select(m.positions).where(p.symbol == f.symbol).with_for_update()).first()
         qty, avg, realized = (row.qty, row.avg_price, row.realized_pnl) if row else (0.0, 0.0, 0.0)
         qty, avg, realized = apply_fill_to_position(qty, avg, realized, f.side, f.qty, f.price, f.fees)
         values = {"qty": qty, "avg_price": avg, "realized_pnl": realized, "updated_at": now}
-        if row is None:
-            conn.execute(insert(m.positions).values(symbol=f.symbol, **values))
-        else:
-            conn.execute(update(m.positions).where(p.symbol == f.symbol).values(**values))
+        conn.execute(update(m.positions).where(p.symbol == f.symbol).values(**values))
 
     def fills(self, client_order_id: str | None = None) -> list[FillRecord]:
         q = select(m.fills).order_by(m.fills.c.ts, m.fills.c.fill_id)

@@ -273,7 +273,9 @@ def test_full_intraday_job_approves_fills_queues_and_rejects(rig: Rig) -> None:
     assert mat["approved_orders"]["review"].value == 1
     assert mat["approved_orders"]["rejected"].value == 2
     assert mat["portfolio_state"]["trading_mode"].value == "ACTIVE"
-    assert "AAPL" in mat["executed_orders"]["orders_table"].value
+    orders_table = mat["executed_orders"]["orders_table"]  # a typed table (issue 14)
+    assert "symbol" in [c.name for c in orders_table.schema.columns]
+    assert "AAPL" in {r.data["symbol"] for r in orders_table.records}
 
 
 def test_approval_check_fails_on_a_tampered_order(rig: Rig) -> None:
