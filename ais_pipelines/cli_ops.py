@@ -28,7 +28,6 @@ from typing import Any
 import typer
 
 from ais_pipelines.cli_support import (
-    ResumeTo,
     ReviewStatus,
     environment,
     parse_session,
@@ -36,6 +35,7 @@ from ais_pipelines.cli_support import (
     warehouse_path,
     where_everything_is,
 )
+from ais_pipelines.core.trading_state import ResumeTo
 
 review_app = typer.Typer(help="Human review queue: nothing in REVIEW executes by itself.", no_args_is_help=True)
 trading_app = typer.Typer(help="Trading state: kill switch, pause, resume, deleverage.", no_args_is_help=True)

@@ -88,11 +88,6 @@ class ReviewStatus(StrEnum):
     ALL = "ALL"
 
 
-class ResumeTo(StrEnum):
-    ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"
-
-
 class SessionError(typer.BadParameter):
     """A date that parses but is no session of the calendar (exit 2, NOT_A_SESSION)."""
 

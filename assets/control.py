@@ -26,6 +26,7 @@ from pydantic import Field
 from ais_pipelines import control
 from ais_pipelines.config import Policies
 from ais_pipelines.core.reason_codes import ReasonCode
+from ais_pipelines.core.trading_state import ResumeTo
 from resources.policies import PoliciesResource
 from resources.trading import (
     BrokerResource,
@@ -50,11 +51,6 @@ class TradingAction(Enum):
     pause = "pause"
     resume = "resume"
     deleverage = "deleverage"
-
-
-class ResumeTo(Enum):
-    ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"
 
 
 class ReviewDecisionConfig(dg.Config):

@@ -32,6 +32,13 @@ class TradingMode(StrEnum):
     HALTED = "HALTED"  # kill switch or system fault; latched
 
 
+class ResumeTo(StrEnum):
+    """The states a person may resume trading to (CLI option and launchpad choice alike)."""
+
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+
+
 _SEVERITY: dict[TradingMode, int] = {
     TradingMode.ACTIVE: 0,
     TradingMode.REDUCING: 1,
