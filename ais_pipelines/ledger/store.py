@@ -18,10 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
@@ -139,7 +135,14 @@ def create_ledger_engine(url: str = DEFAULT_LEDGER_URL, **kwargs: Any) -> Engine
     return engine
 
 
-def _alembic_config(url: str | None = None) -> Config:
+# The newest migration in migrations/versions (a test keeps it equal to alembic's head). An
+# opened ledger already at this revision skips alembic, whose import costs ~1 s per CLI call.
+LEDGER_HEAD_REVISION = "0002"
+
+
+def _alembic_config(url: str | None = None) -> Any:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url is not None:
@@ -148,6 +151,8 @@ def _alembic_config(url: str | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships migrations
         raise RuntimeError("no ledger migrations found")
@@ -155,13 +160,29 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def _at_head(engine: Engine) -> bool:
+    """True when the ledger's recorded revision is the newest one (read without alembic)."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except Exception:  # no version table yet: a new ledger
+        return False
+    return rows == [LEDGER_HEAD_REVISION]
 
 
 def upgrade_ledger(url_or_engine: str | Engine = DEFAULT_LEDGER_URL) -> Engine:
     """Bring the ledger schema to the newest revision (idempotent). Returns the engine used."""
     engine = create_ledger_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    if _at_head(engine):
+        return engine
+    from alembic import command
+
     cfg = _alembic_config()
     with engine.begin() as conn:
         # Two processes starting together must not both run the same DDL.

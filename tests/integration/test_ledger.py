@@ -135,6 +135,24 @@ def test_migrations_are_idempotent_and_match_the_models(engine):
     assert diff == []
 
 
+def test_the_fast_path_head_is_alembics_head_and_an_older_ledger_is_still_upgraded(tmp_path):
+    from alembic import command
+
+    from ais_pipelines.ledger.store import LEDGER_HEAD_REVISION, _alembic_config
+
+    assert head_revision() == LEDGER_HEAD_REVISION
+    eng = create_ledger_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    cfg = _alembic_config()
+    with eng.begin() as conn:  # a ledger written by the first release
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    assert current_revision(eng) == "0001"
+    upgrade_ledger(eng)  # not at head: the fast path must not skip it
+    assert current_revision(eng) == LEDGER_HEAD_REVISION
+    assert "execution_leases" in inspect(eng).get_table_names()
+    eng.dispose()
+
+
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
     eng = upgrade_ledger(f"sqlite:///{tmp_path / 'sub' / 'ledger.sqlite'}")  # parent dir is created
     with eng.connect() as conn:
