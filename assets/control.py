@@ -9,12 +9,13 @@
 Both call the plain functions of :mod:`ais_pipelines.control` (the CLI calls the same ones);
 every override is audited with who and why. A refused action fails the run with its reason.
 
-Launchpad example (review)::
+The launchpad edits only the decision (a config mapping; resources come from the definitions,
+so no resource config clutters the editor). Example (review)::
 
-    ops:
-      review_decision:
-        config: {item_id: "review:2024-03-04:MSFT:BUY", decision: APPROVE, actor: jane.doe,
-                 why: "confidence low but thesis re-checked with the desk"}
+    item_id: "review:2024-03-04:MSFT:BUY"
+    decision: APPROVE
+    actor: jane.doe
+    why: "confidence low but thesis re-checked with the desk"
 """
 
 from enum import Enum
@@ -144,11 +145,24 @@ def trading_control(
     return dg.Output(out, metadata=out)
 
 
-@dg.job(description="A person approves or rejects one order from the review queue (§H5).")
+@dg.config_mapping
+def review_launchpad_config(config: ReviewDecisionConfig) -> dict:
+    """The launchpad edits only the decision (resources come from the definitions)."""
+    return {"ops": {"review_decision": {"config": config.model_dump(mode="json")}}}
+
+
+@dg.job(description="A person approves or rejects one order from the review queue (§H5).",
+        config=review_launchpad_config)
 def review_decision_job() -> None:
     review_decision()
 
 
-@dg.job(description="Kill switch / pause / resume / deleverage with who and why (§J2).")
+@dg.config_mapping
+def control_launchpad_config(config: TradingControlConfig) -> dict:
+    return {"ops": {"trading_control": {"config": config.model_dump(mode="json")}}}
+
+
+@dg.job(description="Kill switch / pause / resume / deleverage with who and why (§J2).",
+        config=control_launchpad_config)
 def trading_control_job() -> None:
     trading_control()

@@ -247,13 +247,31 @@ def test_review_launchpad_offers_the_typed_decision_config(ui: str):
     def check(config: dict) -> dict:
         return graphql(ui, VALIDATE % (loc, name, json.dumps(json.dumps(config))))["isPipelineConfigValid"]
 
-    ok = {"ops": {"review_decision": {"config": {"item_id": "review:2024-03-04:MSFT:BUY", "decision": "APPROVE",
-                                                 "actor": "jane.doe", "why": "thesis re-checked"}}}}
+    ok = {"item_id": "review:2024-03-04:MSFT:BUY", "decision": "APPROVE", "actor": "jane.doe",
+          "why": "thesis re-checked"}
     assert check(ok)["__typename"] == "PipelineConfigValidationValid"
     maybe = json.loads(json.dumps(ok))
-    maybe["ops"]["review_decision"]["config"]["decision"] = "MAYBE"
+    maybe["decision"] = "MAYBE"
     bad = check(maybe)
     assert bad["__typename"] == "RunConfigValidationInvalid" and "MAYBE" in bad["errors"][0]["message"]
-    missing = check({"ops": {"review_decision": {"config": {"item_id": "x", "decision": "REJECT"}}}})
+    missing = check({"item_id": "x", "decision": "REJECT"})
     assert missing["__typename"] == "RunConfigValidationInvalid"
     assert {"actor", "why"} <= {w for e in missing["errors"] for w in ("actor", "why") if w in e["message"]}
+
+
+def test_chromium_renders_the_review_launchpad_with_only_the_decision_fields(ui: str, tmp_path: Path):
+    """Issue 14, as an operator sees it: the rendered launchpad of review_decision_job opens on the
+    four decision fields with their descriptions (no resource config pre-filled, no scaffolding
+    needed to see them), names the choice type and says which entries are missing."""
+    repo = graphql(ui, REPOS)["repositoriesOrError"]["nodes"][0]
+    url = f"{ui}/locations/{repo['location']['name']}/jobs/review_decision_job/playground"
+    text = page_text(chromium(tmp_path, "--virtual-time-budget=30000", "--dump-dom", url))
+    assert "Launchpad" in text, text[:500]
+    for field in ("item_id", "decision", "actor", "why"):
+        assert f"{field} :" in text, (field, text[:2000])
+    assert "decision : ReviewDecision" in text
+    assert "APPROVE (re-check, sign, submit) or REJECT" in text  # the field's own description
+    assert "Missing required config entries ['actor', 'decision', 'item_id', 'why']" in text
+    assert "review_queue_sensor" in text  # the sensor that lists the pending ids sits on this job
+    for resource_default in ("max_participation_per_tick", "runtime_root", "quote_seed"):
+        assert resource_default not in text, resource_default

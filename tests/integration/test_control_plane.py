@@ -57,8 +57,7 @@ def review(rig: Rig, item_id: str, decision: str, actor: str = "jane.doe", why: 
            **overrides: Any) -> dg.ExecuteInProcessResult:
     resources = {k: rig.resources[k] for k in CONTROL_RESOURCES} | overrides
     return control_jobs.review_decision_job.execute_in_process(
-        run_config={"ops": {"review_decision": {"config": {"item_id": item_id, "decision": decision,
-                                                           "actor": actor, "why": why}}}},
+        run_config={"item_id": item_id, "decision": decision, "actor": actor, "why": why},
         resources=resources,
         instance=rig.instance,
         raise_on_error=False,
@@ -69,7 +68,7 @@ def control(rig: Rig, action: str, actor: str = "risk.officer", why: str = "dril
             **extra: Any) -> dg.ExecuteInProcessResult:
     resources = {k: rig.resources[k] for k in ("policies", "ledger", "execution_clock")}
     return control_jobs.trading_control_job.execute_in_process(
-        run_config={"ops": {"trading_control": {"config": {"action": action, "actor": actor, "why": why, **extra}}}},
+        run_config={"action": action, "actor": actor, "why": why, **extra},
         resources=resources,
         instance=rig.instance,
         raise_on_error=False,
