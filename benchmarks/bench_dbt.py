@@ -69,7 +69,7 @@ def main() -> int:
                            capture_output=True)
 
         marts = reporting.build_dbt_assets(project)
-        resources = {"dbt": DbtCliResource(project_dir=project, dbt_executable=dbt_bin),
+        resources = {"dbt": reporting.LeanDbtCliResource(project_dir=project, dbt_executable=dbt_bin),
                      "warehouse": DuckDBResource(database=str(db))}
         log = (root / "dagster.log").open("w")
 

@@ -477,3 +477,24 @@ def test_ledger_copy_replaces_whole_tables_with_explicit_types(tmp_path: Path):
     assert json.loads(row[1])["as_of"] == "2024-03-05" and json.loads(row[2]) == []
     assert meta == len(LEDGER_TABLES) + 1
 
+
+
+def test_lean_dbt_resource_reports_the_version_of_the_dbt_it_runs():
+    """LeanDbtCliResource skips ``dbt --version`` and the in-process adapter: the version it
+    reports must be the executable's, and the two dagster-dbt hooks it overrides must still
+    exist (a dagster-dbt upgrade that renames them would silently bring the cost back)."""
+    import re
+    import subprocess
+
+    from dagster_dbt import DbtCliResource
+
+    from assets.reporting import LeanDbtCliResource, dbt_executable
+
+    assert callable(getattr(DbtCliResource, "_initialize_dbt_core_adapter", None))
+    assert "_cli_version" in vars(DbtCliResource)
+    out = subprocess.run([dbt_executable(), "--version"], capture_output=True, text=True, check=True).stdout
+    cli = re.search(r"(\d+\.\d+\.\d+)", out).group(1)
+    lean = LeanDbtCliResource(project_dir=str(Path(__file__).resolve().parents[2] / "dbt"),
+                              dbt_executable=dbt_executable())
+    assert str(lean._cli_version) == cli
+    assert lean._initialize_dbt_core_adapter([]) is None
