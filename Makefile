@@ -28,7 +28,7 @@ demo: setup
 
 test: setup
 	$(UV) run ruff check .
-	$(UV) run pytest
+	$(UV) run pytest -n 2 --dist loadfile   # two workers, one file each at a time (module fixtures stay shared)
 
 test-fast: setup
 	$(UV) run pytest -m "not slow and not browser"
