@@ -91,6 +91,18 @@ class Universe(_Strict):
     name: str
     benchmark: str = "equal_weight_stocks"
     symbols: list[Instrument] = Field(min_length=1)
+    # issue 13: the calendars whose sessions are as-of sessions D (default: the symbols' own,
+    # ais_pipelines/as_of_calendar.py); the as-of partitions are built from them.
+    as_of_calendars: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("as_of_calendars")
+    @classmethod
+    def _known_as_of_calendars(cls, v: list[str] | None) -> list[str] | None:
+        for i, name in enumerate(v or []):
+            if name not in known_calendar_names():
+                raise ValueError(f"[{i}]: unknown calendar {name!r} (not an exchange_calendars name, e.g. XNYS, "
+                                 f"XLON, 24/7) (got {name!r})")
+        return v
 
     @model_validator(mode="after")
     def _unique(self) -> Universe:
