@@ -46,6 +46,38 @@ def _xcals_sessions(name: str, year: int) -> list[str]:
     return [d.strftime("%Y-%m-%d") for d in cal.sessions]
 
 
+def us_stocks_2008_2013(policies_dir: Path, tmp_path: Path) -> pd.DatetimeIndex:
+    """Files of two US stocks, every XNYS session 2008–2013, and a universe of them."""
+    _universe(policies_dir, [{"symbol": "IBM", "asset_class": "STOCKS"}, {"symbol": "KO", "asset_class": "STOCKS"}])
+    files = tmp_path / "files"
+    files.mkdir()
+    sessions = pd.DatetimeIndex([s for y in range(2008, 2014) for s in _xcals_sessions("XNYS", y)])
+    rng = np.random.default_rng(3)
+    for sym in ("IBM", "KO"):
+        close = 80 * np.exp(np.cumsum(rng.normal(0, 0.01, len(sessions))))
+        pd.DataFrame({"date": sessions.strftime("%Y-%m-%d"), "open": close, "high": close * 1.01,
+                      "low": close * 0.99, "close": close, "volume": 1e6}).to_csv(files / f"{sym}.csv", index=False)
+    return sessions
+
+
+def materialize_night(policies_dir: Path, tmp_path: Path, day: str, assets: list) -> dg.ExecuteInProcessResult:
+    """The nightly assets ``assets`` for as-of partition ``day`` over the files of tmp_path/files."""
+    from resources.clock import ClockResource
+    from resources.market_data import MarketDataResource
+    from resources.policies import PoliciesResource
+    from resources.runtime import RuntimeResource
+
+    resources = {
+        "policies": PoliciesResource(directory=str(policies_dir)),
+        "runtime": RuntimeResource(root=str(tmp_path / "rt")),
+        "warehouse": DuckDBResource(database=str(tmp_path / "wh.duckdb")),
+        "clock": ClockResource(fixed_now="2026-11-21T12:00:00+00:00"),
+        "market_data": MarketDataResource(provider="files", files_dir=str(tmp_path / "files")),
+    }
+    return dg.materialize(assets, resources=resources, partition_key=day, instance=dg.DagsterInstance.ephemeral(),
+                          run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+
+
 def test_a_london_universe_has_the_xlon_sessions_as_partitions(policies_dir: Path) -> None:
     pol = _universe(policies_dir, [{"symbol": "VOD", "asset_class": "STOCKS", "calendar": "XLON"},
                                    {"symbol": "BP", "asset_class": "STOCKS", "calendar": "XLON"},
@@ -104,35 +136,12 @@ def test_ingest_and_data_quality_at_the_last_session_of_2013_data(policies_dir: 
     from assets.ingestion import daily_bars, raw_daily_bars
     from assets.partitions import as_of_partitions
     from assets.quality import data_quality
-    from resources.clock import ClockResource
-    from resources.market_data import MarketDataResource
-    from resources.policies import PoliciesResource
-    from resources.runtime import RuntimeResource
 
     assert partitions.bound_calendars() == ("XNYS",)
-    _universe(policies_dir, [{"symbol": "IBM", "asset_class": "STOCKS"}, {"symbol": "KO", "asset_class": "STOCKS"}])
-    files = tmp_path / "files"
-    files.mkdir()
-    sessions = pd.DatetimeIndex(_xcals_sessions("XNYS", 2008) + [s for y in range(2009, 2014)
-                                                                 for s in _xcals_sessions("XNYS", y)])
-    rng = np.random.default_rng(3)
-    for sym in ("IBM", "KO"):
-        close = 80 * np.exp(np.cumsum(rng.normal(0, 0.01, len(sessions))))
-        pd.DataFrame({"date": sessions.strftime("%Y-%m-%d"), "open": close, "high": close * 1.01,
-                      "low": close * 0.99, "close": close, "volume": 1e6}).to_csv(files / f"{sym}.csv", index=False)
+    sessions = us_stocks_2008_2013(policies_dir, tmp_path)
     last = "2013-12-31"
     assert as_of_partitions.has_partition_key(last) and not as_of_partitions.has_partition_key("2013-12-28")
-    resources = {
-        "policies": PoliciesResource(directory=str(policies_dir)),
-        "runtime": RuntimeResource(root=str(tmp_path / "rt")),
-        "warehouse": DuckDBResource(database=str(tmp_path / "wh.duckdb")),
-        "clock": ClockResource(fixed_now="2026-11-21T12:00:00+00:00"),
-        "market_data": MarketDataResource(provider="files", files_dir=str(files)),
-    }
-    result = dg.materialize([raw_daily_bars, daily_bars, data_quality], resources=resources, partition_key=last,
-                            instance=dg.DagsterInstance.ephemeral(),
-                            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
-    assert result.success
+    assert materialize_night(policies_dir, tmp_path, last, [raw_daily_bars, daily_bars, data_quality]).success
     con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
     try:
         rows = con.execute("SELECT symbol, status, last_date::DATE, expected_sessions, missing_sessions "
