@@ -25,7 +25,7 @@ import pandas as pd
 from ais_pipelines.core.calendars import get_calendar, known_calendar_names, sessions_between
 
 ENV_OVERRIDE = "AIS_AS_OF_CALENDAR"
-ROUND_THE_CLOCK = frozenset({"24/5", "24/7", "always_open", "weekday"})
+ROUND_THE_CLOCK = frozenset({"24/5", "24/7"})
 FIRST_AS_OF = pd.Timestamp("1990-01-01")  # the first year ais_pipelines.core.calendars builds
 
 

@@ -17,21 +17,22 @@ from pathlib import Path
 
 import yaml
 
+from ais_pipelines.config import PolicyFileError
 from ais_pipelines.core.reason_codes import ReasonCode
 
 EFFECTIVE_KEY = "effective_from"
 VERSIONS_DIR = "versions"
 
 
-class PolicyNotInForceError(LookupError):
-    """No version of a policy file was in force on the as-of session."""
+class PolicyNotInForceError(PolicyFileError):
+    """No version of a policy file was in force on the as-of session (refused like an invalid file)."""
 
     reason_code = ReasonCode.POLICY_NOT_IN_FORCE
 
     def __init__(self, path: Path, as_of: date, earliest: date):
-        self.path, self.as_of, self.earliest = str(path), as_of, earliest
-        super().__init__(f"{path}: no version in force on {as_of}: the earliest declares "
-                         f"{EFFECTIVE_KEY}: {earliest} [{ReasonCode.POLICY_NOT_IN_FORCE}]")
+        self.as_of, self.earliest = as_of, earliest
+        super().__init__(path, [f"no version in force on {as_of}: the earliest declares {EFFECTIVE_KEY}: "
+                                f"{earliest} [{ReasonCode.POLICY_NOT_IN_FORCE}]"])
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,6 @@ def parse_effective_from(data: dict, where: Path) -> date | None:
     try:
         return date.fromisoformat(str(value))
     except ValueError:
-        from ais_pipelines.config import PolicyFileError
-
         raise PolicyFileError(where, [f"{EFFECTIVE_KEY}: not a date YYYY-MM-DD (got {value!r})"]) from None
 
 
@@ -62,8 +61,6 @@ def version_files(path: Path) -> list[Path]:
 
 
 def _declared(path: Path) -> date | None:
-    from ais_pipelines.config import PolicyFileError
-
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -79,8 +76,6 @@ def _declared(path: Path) -> date | None:
 
 def versions(path: Path) -> list[PolicyVersion]:
     """The current file and its kept versions, oldest first; two with one date are refused."""
-    from ais_pipelines.config import PolicyFileError
-
     found = [PolicyVersion(p, _declared(p)) for p in [*version_files(path), path]]
     seen: dict[date | None, Path] = {}
     for v in found:

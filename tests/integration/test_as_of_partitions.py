@@ -8,6 +8,7 @@ ending in 2013, or on another exchange's calendar, failed with DagsterInvalidSub
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 
 import dagster as dg
@@ -36,6 +37,7 @@ def _universe(policies_dir: Path, symbols: list[dict], **extra: object) -> Polic
     return Policies(policies_dir)
 
 
+@cache
 def _keys(calendars: tuple[str, ...], year: int) -> list[str]:
     keys = as_of_partitions_for(calendars).get_partition_keys(current_time=datetime(year + 1, 1, 1))
     return [k for k in keys if k.startswith(str(year))]
@@ -122,6 +124,22 @@ def test_sessions_of_the_calendars_decide_the_cli_and_the_schedules() -> None:
         "2013-12-25 (Wednesday) is not an XLON session; the previous one is 2013-12-24, the next 2013-12-27")
     assert last_as_of_session(("XNYS",), "2013-12-29") == pd.Timestamp("2013-12-27")
     assert last_as_of_session(("24/7",), "2013-12-29") == pd.Timestamp("2013-12-29")
+
+
+def test_the_nightly_schedule_runs_on_the_universes_sessions(policies_dir: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from sensors.schedules import nightly_schedule
+
+    pol = _universe(policies_dir, [{"symbol": "VOD", "asset_class": "STOCKS", "calendar": "XLON"}])
+    sched = nightly_schedule(dg.define_asset_job("nightly_job", selection="*"), pol)
+    ny = ZoneInfo("America/New_York")
+
+    def tick(day: int) -> dg.RunRequest | dg.SkipReason:
+        return sched(dg.build_schedule_context(scheduled_execution_time=datetime(2013, 8, day, 18, 30, tzinfo=ny)))
+
+    assert isinstance(tick(26), dg.SkipReason)  # UK summer bank holiday (NYSE open): London closed nothing
+    assert tick(27).partition_key == "2013-08-27"
 
 
 def test_one_process_serves_one_set_of_as_of_calendars() -> None:

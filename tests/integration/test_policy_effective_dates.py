@@ -43,6 +43,7 @@ def test_the_version_in_force_on_d_is_loaded(policies_dir: Path) -> None:
         pol.as_of_session(date(1999, 12, 31)).quality  # noqa: B018
     assert exc.value.reason_code == ReasonCode.POLICY_NOT_IN_FORCE
     assert "quality.yaml: no version in force on 1999-12-31" in str(exc.value) and "2000-01-03" in str(exc.value)
+    assert [e.reason_code for e in pol.as_of_session(date(1999, 12, 31)).check()] == [ReasonCode.POLICY_NOT_IN_FORCE]
     assert pol.check() == []  # kept versions validate
 
 
