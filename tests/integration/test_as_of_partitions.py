@@ -103,6 +103,13 @@ def test_a_crypto_universe_has_every_day_and_fx_every_weekday(policies_dir: Path
     assert _keys(as_of_calendars(fx.universe, environ={}), 2013) == _xcals_sessions("24/5", 2013)
 
 
+def test_a_calendar_recorded_from_a_later_year_starts_its_partitions_there() -> None:
+    keys = as_of_partitions_for(("XBOM",)).get_partition_keys(current_time=datetime(1997, 3, 1))
+    bom = xcals.get_calendar("XBOM", start="1997-01-01", end="1997-12-31")  # holidays recorded from 1997 on
+    assert keys[0] == f"{bom.first_session:%Y-%m-%d}" and keys[:-1] == [
+        f"{d:%Y-%m-%d}" for d in bom.sessions_in_range(bom.first_session, "1997-02-28")]
+
+
 def test_declared_calendars_the_shipped_universe_and_the_validated_override(policies_dir: Path) -> None:
     assert as_of_calendars(Policies().universe, environ={}) == ("XNYS",)  # shipped: US stocks + ETFs + one FX pair
     both = _universe(policies_dir, [{"symbol": "AAPL"}], as_of_calendars=["XNYS", "XLON"])
