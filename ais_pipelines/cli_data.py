@@ -53,9 +53,13 @@ def ingest(
                                  "(e.g. XNYS, XPHS, XLON, 24/7, 24/5)."),
     as_of: str = typer.Option(LATEST, "--as-of", help="As-of session D (YYYY-MM-DD), or 'latest': the last "
                               "session the data holds."),
+    refit: bool = typer.Option(True, "--refit/--no-refit", help="Fit the forecast models as of D when none is "
+                               "fitted on or before it (regime first; history up to D only)."),
 ) -> None:
     """Ingest your own files and assess their quality as of D: every row is stored or rejected
-    with a reason code; prints a per-symbol summary (rows, window, score, status, reasons)."""
+    with a reason code; prints a per-symbol summary (rows, window, score, status, reasons).
+    Without a forecast model fitted on or before D, fits them as of D (point in time), so the
+    nightly job for D can run. Policies are the versions in force on D."""
     import duckdb
     import pandas as pd
     import yaml
@@ -79,7 +83,7 @@ def ingest(
     root = _runtime()
     run_id = f"ingest-{uuid.uuid4().hex[:12]}"
     files = FilesProvider(directory)
-    typer.echo(f"[1/4] reading {directory} …")
+    typer.echo(f"[1/5] reading {directory} …")
     found = sorted(files.symbols())
     for err in files.file_errors():
         typer.echo(f"      unusable file: {err} [{err.reason_code}]")
@@ -94,14 +98,15 @@ def ingest(
         typer.echo(f"      universe: the {len(found)} symbols found (written to {uni_file})")
     else:
         uni_file = universe
-    pol = Policies(os.environ.get("AIS_POLICIES_DIR"), universe_file=uni_file)
+    end = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() if as_of == LATEST else as_of_ts
+    # issue 13: the policy versions in force on the as-of session (on today's for 'latest', then D's)
+    pol = Policies(os.environ.get("AIS_POLICIES_DIR"), universe_file=uni_file).as_of_session(end.date())
     try:
         pol.universe  # noqa: B018 - validate now, with the file's own error message
     except Exception as exc:  # noqa: BLE001 - the policy loader names file, key and value
         raise _fail(f"universe {uni_file}: {exc}", 2) from None
 
-    end = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() if as_of == LATEST else as_of_ts
-    typer.echo(f"[2/4] normalizing and validating (rows dated after {end.date()} are rejected) …")
+    typer.echo(f"[2/5] normalizing and validating (rows dated after {end.date()} are rejected) …")
     outcome = ingest_universe(policies=pol, providers={"files": files}, configured_provider="files",
                               entitled=frozenset({"files"}), end=end.date(), archive_dir=root / "raw" / run_id)
     if outcome.bars.empty:
@@ -109,7 +114,8 @@ def ingest(
         raise _fail(f"no symbol has a valid bar on or before {end.date()}: {reasons}. "
                     "Check the dates (a later --as-of?) and the rejects listed by `ais quality show SYMBOL`.")
     d = pd.Timestamp(outcome.bars["date"].max()) if as_of == LATEST else end
-    typer.echo(f"[3/4] storing into {_warehouse_path()} …")
+    pol_d = pol.as_of_session(d.date())
+    typer.echo(f"[3/5] storing into {_warehouse_path()} …")
     con = duckdb.connect(str(_warehouse_path()))
     try:
         acc = store_ingestion(con, outcome, run_id, end.date())
@@ -117,9 +123,10 @@ def ingest(
         typer.echo(f"      rows read {acc.read:,} = stored {acc.stored:,} + rejected {acc.rejected:,}"
                    f"{'' if acc.balanced else '  (UNBALANCED: ROWS_UNACCOUNTED)'}; "
                    f"{stats.inserted:,} new, {stats.updated:,} changed")
-        typer.echo(f"[4/4] assessing data quality as of {d.date()} …")
-        run = assess_and_store_quality(con, pol, d)
-        models = _has_model(con, d)
+        typer.echo(f"[4/5] assessing data quality as of {d.date()} …")
+        run = assess_and_store_quality(con, pol_d, d)
+        refit_problem = _ensure_models(con, pol_d, d) if refit else None
+        missing_models = not refit and not _has_model(con, d)
     finally:
         con.close()
     summary = _summary(outcome.log, run.table, run.events)
@@ -130,10 +137,13 @@ def ingest(
                f"{counts.get('INVALID_DATA', 0)} INVALID_DATA, {counts.get('INSUFFICIENT_HISTORY', 0)} "
                f"INSUFFICIENT_HISTORY; {len(run.events):,} dated flag events ({time.perf_counter() - t0:.1f} s).")
     typer.echo("Flag events of a symbol: ais quality show SYMBOL")
-    if not models:
-        typer.echo(f"No forecast model is fitted on or before {d.date()}: before the nightly job for {d.date()}, "
-                   f"run model_refit_job for partition {d.date()} (Dagster UI, or `ais demo` for the sample market).")
-    if not acc.balanced:
+    if missing_models:
+        typer.echo(f"No forecast model fitted on or before {d.date()}: the nightly job for {d.date()} needs one. "
+                   f"Fit them as of {d.date()}: ais ingest --dir {directory} --as-of {d.date()}")
+    if refit_problem:
+        typer.echo(f"No forecast model fitted on or before {d.date()}, and fitting them failed: {refit_problem}. "
+                   f"Once the data is fixed: ais ingest --dir {directory} --as-of {d.date()}", err=True)
+    if not acc.balanced or refit_problem:
         raise typer.Exit(1)
 
 
@@ -143,6 +153,24 @@ def _has_model(con, as_of) -> bool:
     if not table_exists(con, "forecast_models"):
         return False
     return bool(fetch_one(con, "SELECT count(*) FROM forecast_models WHERE fit_date <= ?", [as_of.date()])[0])
+
+
+def _ensure_models(con, pol, as_of) -> str | None:
+    """Fit the forecast models as of D when none is fitted on or before it — regime first, as
+    ``model_refit_job`` does, on history up to D only (point in time). None, or why it failed."""
+    from ais_pipelines import nightly
+
+    if _has_model(con, as_of):
+        typer.echo(f"[5/5] forecast models: fitted on or before {as_of.date()} already (kept)")
+        return None
+    typer.echo(f"[5/5] fitting the forecast models as of {as_of.date()} (none fitted on or before it) …")
+    try:
+        nightly.run_regime(con, pol, as_of)
+        rows = nightly.run_model_refit(con, pol, as_of)
+    except Exception as exc:  # noqa: BLE001 - reported with the command to rerun, nothing is lost
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+    typer.echo(f"      {len(rows)} models fitted, fit date {as_of.date()}: {', '.join(sorted(rows['model']))}")
+    return None
 
 
 def _summary(log, table, events):

@@ -20,7 +20,6 @@ from ais_pipelines.core.reason_codes import ReasonCode
 
 # Dagster's console logger at WARNING: a job run by the CLI prints only our own summary lines.
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-AS_OF_CALENDAR = "XNYS"  # the nightly partitions are XNYS sessions (assets/partitions.py)
 
 
 def runtime_dir() -> Path:
@@ -109,19 +108,13 @@ def parse_session(value: str | None) -> str | None:
         raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--as-of")
     import pandas as pd
 
-    from ais_pipelines.core.calendars import get_calendar
+    from ais_pipelines.as_of_calendar import as_of_calendars, session_problem
+    from ais_pipelines.config import Policies
 
-    cal = get_calendar(AS_OF_CALENDAR)
-    ts = pd.Timestamp(day)
-    first, last = pd.Timestamp(cal.first_session.date()), pd.Timestamp(cal.last_session.date())
-    if not first <= ts <= last:
-        raise SessionError(f"{day} is outside the {AS_OF_CALENDAR} calendar ({first:%Y-%m-%d} … {last:%Y-%m-%d})",
-                           param_hint="--as-of")
-    if not cal.is_session(ts):
-        before = cal.date_to_session(ts, direction="previous")
-        after = cal.date_to_session(ts, direction="next")
-        raise SessionError(f"{day} ({ts:%A}) is not an {AS_OF_CALENDAR} session; the previous one is "
-                           f"{before:%Y-%m-%d}, the next {after:%Y-%m-%d}", param_hint="--as-of")
+    # issue 13: the sessions of the universe's as-of calendars (assets/partitions.py)
+    problem = session_problem(as_of_calendars(Policies().universe), pd.Timestamp(day))
+    if problem:
+        raise SessionError(problem, param_hint="--as-of")
     return str(day)
 
 

@@ -91,6 +91,18 @@ class Universe(_Strict):
     name: str
     benchmark: str = "equal_weight_stocks"
     symbols: list[Instrument] = Field(min_length=1)
+    # issue 13: the calendars whose sessions are as-of sessions D (default: the symbols' own,
+    # ais_pipelines/as_of_calendar.py); the as-of partitions are built from them.
+    as_of_calendars: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("as_of_calendars")
+    @classmethod
+    def _known_as_of_calendars(cls, v: list[str] | None) -> list[str] | None:
+        for i, name in enumerate(v or []):
+            if name not in known_calendar_names():
+                raise ValueError(f"[{i}]: unknown calendar {name!r} (not an exchange_calendars name, e.g. XNYS, "
+                                 f"XLON, 24/7) (got {name!r})")
+        return v
 
     @model_validator(mode="after")
     def _unique(self) -> Universe:
@@ -598,6 +610,9 @@ def load_policy_file(path: Path, model: type[M]) -> M:
         raise PolicyFileError(path, [f"not valid YAML: {one_line(exc)}"]) from exc
     if not isinstance(data, dict):
         raise PolicyFileError(path, [f"top level must be a mapping, got {type(data).__name__}"])
+    from ais_pipelines.policy_versions import parse_effective_from
+
+    parse_effective_from(data, path)  # issue 13: when the version took effect, not a setting
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -607,57 +622,86 @@ def load_policy_file(path: Path, model: type[M]) -> M:
 class Policies:
     """All policy files of one directory, each loaded lazily, validated, then cached."""
 
-    def __init__(self, directory: Path | str | None = None, universe_file: Path | str | None = None):
+    def __init__(self, directory: Path | str | None = None, universe_file: Path | str | None = None,
+                 as_of: date | None = None):
         self.directory = Path(directory or os.environ.get("AIS_POLICIES_DIR") or DEFAULT_POLICIES_DIR)
         uf = universe_file or os.environ.get("AIS_UNIVERSE_FILE")
         self.universe_file = Path(uf) if uf else self.directory / "universe.yaml"
+        # issue 13: as of session D, each file is the version in force on D (policy_versions.py);
+        # None: the current files. Loaded versions are shared by the as_of() views of one set.
+        self.as_of = as_of
+        self._loaded: dict[Path, BaseModel] = {}
+        self._versions: dict[Path, list] = {}
+
+    def as_of_session(self, day: date | datetime | None) -> Policies:
+        """The same policies as of session ``day``: each file's version in force on it."""
+        d = day.date() if isinstance(day, datetime) else day
+        if d == self.as_of:
+            return self
+        view = Policies(self.directory, self.universe_file, as_of=d)
+        view._loaded, view._versions = self._loaded, self._versions
+        return view
+
+    def version(self, path: Path):  # -> policy_versions.PolicyVersion
+        """Which file of ``path`` (itself or a kept version) is in force as of this view."""
+        from ais_pipelines.policy_versions import in_force, versions
+
+        if self.as_of is not None and path not in self._versions:
+            self._versions[path] = versions(path)
+        return in_force(path, self.as_of, self._versions.get(path))
+
+    def _load(self, path: Path, model: type[M]) -> M:
+        file = self.version(path).path
+        if file not in self._loaded:
+            self._loaded[file] = load_policy_file(file, model)
+        return self._loaded[file]  # type: ignore[return-value]
 
     def path(self, name: str) -> Path:
         return self.directory / name
 
     @cached_property
     def universe(self) -> Universe:
-        return load_policy_file(self.universe_file, Universe)
+        return self._load(self.universe_file, Universe)
 
     @cached_property
     def providers(self) -> ProvidersPolicy:
-        return load_policy_file(self.path("providers.yaml"), ProvidersPolicy)
+        return self._load(self.path("providers.yaml"), ProvidersPolicy)
 
     @cached_property
     def quality(self) -> QualityPolicy:
-        return load_policy_file(self.path("quality.yaml"), QualityPolicy)
+        return self._load(self.path("quality.yaml"), QualityPolicy)
 
     @cached_property
     def schedules(self) -> SchedulesPolicy:
-        return load_policy_file(self.path("schedules.yaml"), SchedulesPolicy)
+        return self._load(self.path("schedules.yaml"), SchedulesPolicy)
 
     @cached_property
     def models(self) -> ModelsPolicy:
-        return load_policy_file(self.path("models.yaml"), ModelsPolicy)
+        return self._load(self.path("models.yaml"), ModelsPolicy)
 
     @cached_property
     def strategies(self) -> StrategiesPolicy:
-        return load_policy_file(self.path("strategies.yaml"), StrategiesPolicy)
+        return self._load(self.path("strategies.yaml"), StrategiesPolicy)
 
     @cached_property
     def mandate(self) -> MandatePolicy:
-        return load_policy_file(self.path("mandate.yaml"), MandatePolicy)
+        return self._load(self.path("mandate.yaml"), MandatePolicy)
 
     @cached_property
     def risk(self) -> RiskPolicy:
-        return load_policy_file(self.path("risk.yaml"), RiskPolicy)
+        return self._load(self.path("risk.yaml"), RiskPolicy)
 
     @cached_property
     def operators(self) -> OperatorsPolicy:
-        return load_policy_file(self.path("operators.yaml"), OperatorsPolicy)
+        return self._load(self.path("operators.yaml"), OperatorsPolicy)
 
     @cached_property
     def auction(self) -> AuctionPolicy:
-        return load_policy_file(self.path("auction.yaml"), AuctionPolicy)
+        return self._load(self.path("auction.yaml"), AuctionPolicy)
 
     @cached_property
     def reasoning(self) -> ReasoningPolicy:  # issue 16
-        return load_policy_file(self.path("reasoning.yaml"), ReasoningPolicy)
+        return self._load(self.path("reasoning.yaml"), ReasoningPolicy)
 
     FILES: tuple[str, ...] = (
         "universe", "providers", "quality", "schedules", "models", "strategies", "mandate", "risk",
@@ -692,6 +736,7 @@ class Policies:
                 loaded.add(name)
             except PolicyFileError as exc:
                 errors.append(exc)
+        errors += self._version_problems(names)  # issue 13: kept older versions are validated too
         errors += self._cross_file_problems(loaded)
         try:
             self.pre_trade_policy()
@@ -706,6 +751,30 @@ class Policies:
                 except PolicyError as exc:
                     errors.append(_from_policy_error(exc, self.directory / "environments" / f"{env}.yaml"))
         return errors
+
+    def _version_problems(self, names: Iterable[str]) -> list[PolicyFileError]:
+        """Each kept version (``versions/<stem>/*.yaml``) of ``names``, validated like the file."""
+        from typing import get_type_hints
+
+        from ais_pipelines.policy_versions import version_files, versions
+
+        out: list[PolicyFileError] = []
+        for name in names:
+            path = self.universe_file if name == "universe" else self.path(f"{name}.yaml")
+            kept = version_files(path)
+            if not kept:
+                continue
+            model = get_type_hints(getattr(Policies, name).func)["return"]
+            try:
+                versions(path)
+            except PolicyFileError as exc:
+                out.append(exc)
+            for file in kept:
+                try:
+                    load_policy_file(file, model)
+                except PolicyFileError as exc:
+                    out.append(exc)
+        return out
 
     def _cross_file_problems(self, loaded: set[str]) -> list[PolicyFileError]:
         """Rules between files: the mandate and the quality gate must fit the universe."""

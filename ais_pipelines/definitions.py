@@ -49,6 +49,12 @@ def resources_for(env: str, runtime_root: str) -> dict[str, object]:
 
 
 def build_definitions(env: str | None = None, runtime_root: str | None = None) -> dg.Definitions:
+    # issue 13: the as-of partitions follow the loaded universe's calendars; bound before the
+    # asset modules below read them.
+    from ais_pipelines.as_of_calendar import as_of_calendars
+    from assets import partitions as as_of_partitions
+
+    as_of_partitions.bind(as_of_calendars(Policies().universe))
     from ais_pipelines.runtime_files import private_umask
     from assets import (
         control,

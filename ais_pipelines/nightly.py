@@ -129,9 +129,9 @@ def regime_labels(con: Any, as_of: pd.Timestamp) -> pd.Series | None:
 def load_models(con: Any, as_of: pd.Timestamp) -> list[forecasts_core.FittedModel]:
     table = read_table(con, "forecast_models", "fit_date <= ?", [as_of.date()])
     if table.empty:
-        raise StageInputMissing(f"no forecast model fitted on or before {as_of.date()}: run model_refit_job for "
-                                f"partition {as_of.date()} first (it fits on history up to that session only: "
-                                "point in time)")
+        raise StageInputMissing(f"no forecast model fitted on or before {as_of.date()}: fit them as of that session "
+                                f"first (history up to it only: point in time) with `ais ingest --dir DIR --as-of "
+                                f"{as_of.date()}` (your files), or model_refit_job for partition {as_of.date()}")
     models = [forecasts_core.FittedModel.from_json(j) for j in table["model_json"]]
     return forecasts_core.select_models(models, as_of)
 

@@ -535,8 +535,9 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
         ingest_session(con, pol, providers[1], providers[0], providers[2], sessions[0], cfg.out / "raw")
         for i, d in enumerate(sessions):
             refit = (i == 0 and rules.refit.initial) or refit_due(cron, d, next_session(d))
-            rows.append(run_session(con, pol, store, audit, cfg, rules, env_policy, d, i, state, providers, refit,
-                                    timings))
+            # issue 13: the policies in force on d (effective dates), through the same loader
+            rows.append(run_session(con, pol.as_of_session(d), store, audit, cfg, rules, env_policy, d, i, state,
+                                    providers, refit, timings))
             if progress is not None:
                 progress(Progress(i + 1, len(sessions), d, time.perf_counter() - t0))
         track = pd.DataFrame(rows)

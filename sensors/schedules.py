@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from ais_pipelines.as_of_calendar import as_of_calendars, is_as_of_session, last_as_of_session
 from ais_pipelines.config import Policies
-from ais_pipelines.core.calendars import is_session, last_n_sessions
 
 
 def schedule_status(running: bool) -> dg.DefaultScheduleStatus:
@@ -23,8 +23,9 @@ def nightly_schedule(job: dg.UnresolvedAssetJobDefinition, policies: Policies, *
                  default_status=schedule_status(running))
     def _nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         day = context.scheduled_execution_time.astimezone(ZoneInfo(spec.timezone)).date()
-        if not is_session("XNYS", day):
-            return dg.SkipReason(f"{day} is not an XNYS session: nothing closed today")
+        cals = as_of_calendars(policies.universe)  # the universe's as-of calendars (issue 13)
+        if not is_as_of_session(cals, day):
+            return dg.SkipReason(f"{day} is not a session of {', '.join(cals)}: nothing closed today")
         return dg.RunRequest(run_key=f"nightly-{day}", partition_key=str(day))
 
     return _nightly
@@ -40,7 +41,7 @@ def refit_schedule(job: dg.UnresolvedAssetJobDefinition, policies: Policies, *,
                  default_status=schedule_status(running))
     def _refit(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         day = context.scheduled_execution_time.astimezone(ZoneInfo(tz)).date()
-        last = last_n_sessions("XNYS", day, 1)[0].date()
+        last = last_as_of_session(as_of_calendars(policies.universe), day).date()
         return dg.RunRequest(run_key=f"refit-{last}", partition_key=str(last))
 
     return _refit

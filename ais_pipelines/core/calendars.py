@@ -30,8 +30,13 @@ DEFAULT_CALENDARS: dict[AssetClass, str] = {
 def get_calendar(name: str) -> xcals.ExchangeCalendar:
     import exchange_calendars as xcals
 
-    # Cover the sample history and a few years ahead; exchange_calendars builds lazily.
-    return xcals.get_calendar(name, start="1990-01-01", end=f"{date.today().year + 2}-12-31")
+    # 1990 to a few years ahead, within the years the calendar records (e.g. XBOM 1997–2026).
+    dispatcher = xcals.calendar_utils.global_calendar_dispatcher
+    factory = dispatcher._calendar_factories.get(dispatcher.resolve_alias(name))  # noqa: SLF001 - no public getter
+    low, high = (factory.bound_min(), factory.bound_max()) if factory is not None else (None, None)
+    start, end = pd.Timestamp("1990-01-01"), pd.Timestamp(f"{date.today().year + 2}-12-31")
+    return xcals.get_calendar(name, start=max(start, low) if low is not None else start,
+                              end=min(end, high) if high is not None else end)
 
 
 @lru_cache(maxsize=1)

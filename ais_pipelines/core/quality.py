@@ -243,6 +243,14 @@ class QualityAssessment:
     events: pd.DataFrame
 
 
+def _in_sorted(values: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_ref)`` for a sorted reference: a binary search, no sort of ``values``."""
+    if len(sorted_ref) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ref, values), len(sorted_ref) - 1)
+    return sorted_ref[pos] == values
+
+
 def assess(
     bars: pd.DataFrame,
     rejects: pd.DataFrame,
@@ -351,9 +359,9 @@ def assess(
         pos = np.searchsorted(sessions, first[in_cal].to_numpy(dtype="datetime64[ns]"), side="left")
         expected[in_cal] = len(sessions) - pos
         rows = in_cal[obs_code]
-        obs_is_session[rows] = np.isin(obs["date"].to_numpy()[rows], sessions)
+        obs_is_session[rows] = _in_sorted(obs["date"].to_numpy()[rows], sessions)
         rows = in_cal[b_code]
-        b_is_session[rows] = np.isin(b_date[rows], sessions)
+        b_is_session[rows] = _in_sorted(b_date[rows], sessions)
     out["expected_sessions"] = expected
     out["observed_sessions"] = np.bincount(obs_code[obs_is_session], minlength=n_sym)
     out["valid_sessions"] = np.bincount(b_code[b_is_session], minlength=n_sym)

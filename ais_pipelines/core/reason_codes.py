@@ -176,6 +176,7 @@ class ReasonCode(StrEnum):
     SPLIT_ADJUSTED = "SPLIT_ADJUSTED"
     DIVIDEND_ADJUSTED = "DIVIDEND_ADJUSTED"
     ZERO_BAR = "ZERO_BAR"
+    POLICY_NOT_IN_FORCE = "POLICY_NOT_IN_FORCE"  # no version of a policy file in force on D
     # --- end issue 13 ------------------------------------------------------------------------
     # --- operator commands (issue 14) ---------------------------------------------------------
     REVIEW_ITEM_NOT_FOUND = "REVIEW_ITEM_NOT_FOUND"

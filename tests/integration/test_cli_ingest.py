@@ -7,14 +7,17 @@ command for a directory of files.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
+import yaml
 from typer.testing import CliRunner
 
 from ais_pipelines.cli import app
+from ais_pipelines.config import DEFAULT_POLICIES_DIR
 from ais_pipelines.core.calendars import sessions_between
 
 
@@ -37,8 +40,9 @@ def test_ingest_old_foreign_data_at_its_last_session_then_show_a_symbols_flags(t
     _walk_csv(files / "BDO.csv", sessions, 2, split_at=len(sessions) - 300)
     env = {"AIS_RUNTIME_DIR": str(tmp_path / "rt")}
     runner = CliRunner()
-    result = runner.invoke(app, ["ingest", "--dir", str(files), "--calendar", "XPHS"], env=env)
+    result = runner.invoke(app, ["ingest", "--dir", str(files), "--calendar", "XPHS", "--no-refit"], env=env)
     assert result.exit_code == 0, result.output
+    assert f"Fit them as of 2013-12-27: ais ingest --dir {files} --as-of 2013-12-27" in " ".join(result.output.split())
     last = sessions[-1].date()
     assert f"assessing data quality as of {last}" in result.output
     n = len(sessions)
@@ -62,3 +66,55 @@ def test_ingest_old_foreign_data_at_its_last_session_then_show_a_symbols_flags(t
     early = runner.invoke(app, ["ingest", "--dir", str(files), "--calendar", "XPHS", "--as-of", "2005-06-01"],
                           env=env)
     assert early.exit_code == 1 and "no symbol has a valid bar on or before 2005-06-01" in early.output
+
+
+def _model_versions(db: Path) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT fit_date, model, model_version FROM forecast_models ORDER BY 2").fetchall()
+    finally:
+        con.close()
+
+
+def test_ingest_fits_missing_models_as_of_d_point_in_time(tmp_path: Path) -> None:
+    """A missing model as of D is fitted by ``ais ingest --as-of D`` on history up to D only:
+    the same versions (hash over the coefficients) as from files that end at D."""
+    sessions = sessions_between("XLON", "2012-01-01", "2013-12-31")
+    d = sessions[-100]
+    policies = tmp_path / "policies"  # a short history (fast regime fit): the gate asks 300 sessions
+    shutil.copytree(DEFAULT_POLICIES_DIR, policies)
+    quality = yaml.safe_load((policies / "quality.yaml").read_text())
+    quality["history"] = {"min_valid_sessions": 300, "fetch_sessions": 400}
+    (policies / "quality.yaml").write_text(yaml.safe_dump(quality))
+    models = yaml.safe_load((policies / "models.yaml").read_text())  # the regime HMM (seconds here) falls back:
+    models.setdefault("regime", {})["min_obs"] = 10_000  # the refit path is under test, not the regime fit
+    (policies / "models.yaml").write_text(yaml.safe_dump(models))
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    for directory, upto in ((full, sessions), (cut, sessions[sessions <= d])):
+        directory.mkdir()
+        for i, sym in enumerate(("VOD", "BP")):
+            _walk_csv(directory / f"{sym}.csv", sessions, i)
+            frame = pd.read_csv(directory / f"{sym}.csv")
+            frame[frame["date"] <= upto[-1].strftime("%Y-%m-%d")].to_csv(directory / f"{sym}.csv", index=False)
+    runner = CliRunner()
+    out = {}
+    for name, directory in (("full", full), ("cut", cut)):
+        env = {"AIS_RUNTIME_DIR": str(tmp_path / f"rt-{name}"), "AIS_POLICIES_DIR": str(policies)}
+        result = runner.invoke(app, ["ingest", "--dir", str(directory), "--calendar", "XLON",
+                                     "--as-of", str(d.date())], env=env)
+        assert result.exit_code == 0, result.output
+        assert f"[5/5] fitting the forecast models as of {d.date()} (none fitted on or before it)" in result.output
+        out[name] = _model_versions(tmp_path / f"rt-{name}" / "warehouse.duckdb")
+    assert out["full"] == out["cut"] and len(out["full"]) >= 2
+    assert {row[0] for row in out["full"]} == {d.date()}
+
+    again = runner.invoke(app, ["ingest", "--dir", str(full), "--calendar", "XLON", "--as-of", str(d.date())],
+                          env={"AIS_RUNTIME_DIR": str(tmp_path / "rt-full"), "AIS_POLICIES_DIR": str(policies)})
+    assert again.exit_code == 0 and f"fitted on or before {d.date()} already (kept)" in again.output
+    from ais_pipelines import nightly
+
+    con = duckdb.connect(str(tmp_path / "rt-full" / "warehouse.duckdb"), read_only=True)
+    try:
+        assert {m.fit_date for m in nightly.load_models(con, d)} == {d}  # the nightly step finds them
+    finally:
+        con.close()
