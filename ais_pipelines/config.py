@@ -747,7 +747,7 @@ class Policies:
 
             for env in ENVIRONMENTS if environments is None else environments:
                 try:
-                    load_environment_policy(env, self.directory)
+                    load_environment_policy(env, self.directory, as_of=self.as_of)
                 except PolicyError as exc:
                     errors.append(_from_policy_error(exc, self.directory / "environments" / f"{env}.yaml"))
         return errors
@@ -774,6 +774,29 @@ class Policies:
                     load_policy_file(file, model)
                 except PolicyFileError as exc:
                     out.append(exc)
+        out += self._rule_version_problems()
+        return out
+
+    def _rule_version_problems(self) -> list[PolicyFileError]:
+        """Kept versions of the rule files (pre_trade.yaml, vetoes.yaml), validated as rule sets."""
+        from ais_pipelines.core.policy import SHIPPED_POLICY_FILES, PolicyError, load_policy
+        from ais_pipelines.policy_versions import version_files, versions
+
+        out: list[PolicyFileError] = []
+        for name in SHIPPED_POLICY_FILES:
+            path = self.path(name)
+            kept = version_files(path)
+            if not kept:
+                continue
+            try:
+                versions(path)
+            except PolicyFileError as exc:
+                out.append(exc)
+            for file in kept:
+                try:
+                    load_policy(file)
+                except PolicyError as exc:
+                    out.append(_from_policy_error(exc, file))
         return out
 
     def _cross_file_problems(self, loaded: set[str]) -> list[PolicyFileError]:
@@ -803,8 +826,8 @@ class Policies:
         """pre_trade.yaml + vetoes.yaml as one validated rule set."""
         from ais_pipelines.core.policy import PolicyError, shipped_policy
 
-        try:
-            return shipped_policy(self.directory)
+        try:  # issue 13: each rule file as the version in force on this view's as-of session
+            return shipped_policy(self.directory, resolve=lambda f: self.version(f).path)
         except PolicyError as exc:
             raise _from_policy_error(exc, self.directory) from exc
 

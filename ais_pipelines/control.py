@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -257,6 +257,13 @@ def approve_review(
 APPROVAL_TTL_S = 300  # an approval is good for 5 minutes of the execution clock
 
 
+def _session_of(as_of: str) -> date | None:
+    try:
+        return date.fromisoformat(as_of[:10])
+    except ValueError:
+        return None
+
+
 def approve_item(
     policies: Policies,
     warehouse_path: str,
@@ -288,9 +295,10 @@ def approve_item(
     key = signing_key.key()  # fail closed before any broker call
     as_of = str(item.order_payload.get("as_of"))
     try:
-        env_policy = ex.load_environment_policy(policy_dir=policies.directory)
+        # The rules in force on the item's decision session (issue 13: policy effective dates).
+        env_policy = ex.load_environment_policy(policy_dir=policies.directory, as_of=_session_of(as_of))
     except ex.PolicyError as exc:
-        raise ControlError(str(exc), (ReasonCode.POLICY_UNREADABLE,)) from exc
+        raise ControlError(str(exc), (exc.reason,)) from exc
     con = duckdb.connect(warehouse_path)
     try:
         session = open_trading_session(policies, con, as_of, ledger, execution_clock, broker,

@@ -132,9 +132,13 @@ def _overlay_error(path: Path, message: str, rule_id: str | None = None) -> Poli
 
 
 def load_environment_policy(
-    env: str | None = None, policy_dir: str | Path | None = None
+    env: str | None = None, policy_dir: str | Path | None = None, as_of: date | None = None
 ) -> EnvironmentPolicy:
     """``pre_trade.yaml`` + ``vetoes.yaml`` with ``environments/{env}.yaml`` applied.
+
+    ``as_of``: each rule file is the version in force on that session (``effective_from``,
+    kept versions under ``versions/<stem>/``; none in force → ``POLICY_NOT_IN_FORCE``). The
+    overlay is the environment's, not dated.
 
     Overlay format (data only)::
 
@@ -152,7 +156,7 @@ def load_environment_policy(
     if env not in ENVIRONMENTS:
         raise PolicyError(f"environment must be one of {ENVIRONMENTS}, got {env!r}")
     base_dir = Path(policy_dir) if policy_dir is not None else POLICY_DIR
-    base = shipped_policy(base_dir)
+    base = shipped_policy(base_dir, resolve=_in_force_on(as_of))
     path = base_dir / "environments" / f"{env}.yaml"
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -219,6 +223,23 @@ def load_environment_policy(
     return EnvironmentPolicy(env, policy, base.digest, tuple(applied), str(path), digest)
 
 
+def _in_force_on(as_of: date | None) -> Callable[[Path], Path] | None:
+    """File → the version of it in force on ``as_of`` (a PolicyError when none was)."""
+    if as_of is None:
+        return None
+    from ais_pipelines.policy_versions import in_force
+
+    def resolve(path: Path) -> Path:
+        try:
+            return in_force(path, as_of).path
+        except ValueError as exc:  # PolicyFileError / PolicyNotInForceError
+            err = PolicyError(str(exc), path=str(getattr(exc, "path", path)))
+            err.reason = getattr(exc, "reason_code", err.reason)
+            raise err from exc
+
+    return resolve
+
+
 def load_execution_policies(policies: Any, env: str | None = None) -> EnvironmentPolicy:
     """Everything the execution path depends on, loaded and validated at the start of a run,
     before the first quote: universe, mandate, risk limits, pre-trade rules, vetoes and the
@@ -227,7 +248,7 @@ def load_execution_policies(policies: Any, env: str | None = None) -> Environmen
 
     env = env or environment_name()
     require_execution_policies(policies, env)
-    return load_environment_policy(env, policy_dir=policies.directory)
+    return load_environment_policy(env, policy_dir=policies.directory, as_of=getattr(policies, "as_of", None))
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,10 +51,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -531,6 +531,7 @@ class _PolicyFile(_Strict):
     version: int
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
+    effective_from: date | None = None  # the first as-of session it governs (policy_versions.py)
     rules: list[dict[str, Any]] = Field(min_length=1)
 
     @field_validator("version")
@@ -654,10 +655,13 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
     return out
 
 
-def shipped_policy(policy_dir: str | Path | None = None) -> PolicySet:
-    """``policies/pre_trade.yaml`` + ``policies/vetoes.yaml``: the set the execution gate uses."""
+def shipped_policy(policy_dir: str | Path | None = None,
+                   resolve: Callable[[Path], Path] | None = None) -> PolicySet:
+    """``policies/pre_trade.yaml`` + ``policies/vetoes.yaml``: the set the execution gate uses.
+    ``resolve`` maps each file to the version of it in force (point in time; the caller's)."""
     d = Path(policy_dir) if policy_dir is not None else POLICY_DIR
-    return load_policies(d / f for f in SHIPPED_POLICY_FILES)
+    files = [d / f for f in SHIPPED_POLICY_FILES]
+    return load_policies([resolve(f) for f in files] if resolve else files)
 
 
 # --------------------------------------------------------------------------------------------

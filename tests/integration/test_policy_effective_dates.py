@@ -84,3 +84,52 @@ def test_the_nightly_quality_step_applies_a_change_only_from_its_date(policies_d
     held = len(xcals.get_calendar("XNYS").sessions_in_range("2008-01-02", CHANGE))
     assert rows == [(date(2013, 11, 29), "VALID", 1320),  # the change is dated after D: not applied
                     (CHANGE, "INSUFFICIENT_HISTORY", held)]  # from its date: 2,000 sessions asked, fewer held
+
+
+def _tighten_risk_per_trade(policies_dir: Path, since: date = CHANGE) -> None:
+    """The shipped pre_trade.yaml kept as in force from 2000-01-03; the current one, from
+    ``since``, halves the per-trade risk limit."""
+    current = policies_dir / "pre_trade.yaml"
+    text = current.read_text()
+    kept = policies_dir / "versions" / "pre_trade" / "shipped.yaml"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("effective_from: 2000-01-03\n" + text)
+    assert "params: {max_risk_per_trade_nav: 0.005}" in text
+    current.write_text(f"effective_from: {since}\n"
+                       + text.replace("params: {max_risk_per_trade_nav: 0.005}", "params: {max_risk_per_trade_nav: 0.0025}"))
+
+
+def _limit(policy) -> float:
+    return next(r for r in policy.rules if r.id == "risk_per_trade_limit").params["max_risk_per_trade_nav"]
+
+
+def test_pre_trade_rules_are_the_version_in_force_on_d(policies_dir: Path) -> None:
+    """The governance rules (pre_trade.yaml, vetoes.yaml) follow effective dates too: the
+    execution path of D (and an approval of an item decided on D) evaluates D's rules, and the
+    digest recorded with each decision says which version decided."""
+    from ais_pipelines.core.policy import PolicyError
+    from ais_pipelines.execution import load_environment_policy, load_execution_policies
+
+    _tighten_risk_per_trade(policies_dir)
+    pol = Policies(policies_dir)
+    before, after = pol.as_of_session(date(2013, 11, 29)), pol.as_of_session(CHANGE)
+    assert _limit(before.pre_trade_policy()) == 0.005 and _limit(after.pre_trade_policy()) == 0.0025
+    assert _limit(pol.pre_trade_policy()) == 0.0025  # no as-of: the current files
+    old = load_execution_policies(before, "ci")
+    new = load_execution_policies(after, "ci")
+    assert _limit(old.policy) == 0.005 and _limit(new.policy) == 0.0025
+    assert old.digest != new.digest
+    assert load_environment_policy("ci", policies_dir, as_of=date(2014, 6, 2)).digest == new.digest
+    with pytest.raises(PolicyError) as exc:
+        load_environment_policy("ci", policies_dir, as_of=date(1999, 12, 31))
+    assert exc.value.reason == ReasonCode.POLICY_NOT_IN_FORCE
+    assert "pre_trade.yaml: no version in force on 1999-12-31" in str(exc.value)
+    assert pol.check() == [] and before.check() == []
+
+
+def test_a_broken_kept_rule_version_is_refused_by_validation(policies_dir: Path) -> None:
+    _tighten_risk_per_trade(policies_dir)
+    kept = policies_dir / "versions" / "pre_trade" / "shipped.yaml"
+    kept.write_text(kept.read_text().replace("action: REJECT", "action: MAYBE", 1))
+    problems = [f"{e.path}: {p}" for e in Policies(policies_dir).check() for p in e.problems]
+    assert any("versions/pre_trade/shipped.yaml" in p and "MAYBE" in p for p in problems), problems
