@@ -660,23 +660,24 @@ class NightlyOutput:
 
 
 def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *, refit: bool = False,
-                fred: Any = None) -> NightlyOutput:
+                fred: Any = None, run_id: str | None = None) -> NightlyOutput:
     """Every nightly step of D in the order of the asset graph (the replay's night).
 
     ``refit`` fits the forecast models with fit date D first (the model_refit_job), after the
-    regime step whose labels the regime-conditional model needs.
+    regime step whose labels the regime-conditional model needs. ``run_id``: the steps share one
+    bars read (``bars_cache``, as in a Dagster run) instead of one query per step.
     """
-    quality = run_quality(con, pol, as_of)
-    run_features(con, pol, as_of)
+    quality = run_quality(con, pol, as_of, run_id)
+    run_features(con, pol, as_of, run_id)
     run_macro_series(con, pol, as_of, fred, warm_dir.parent / "raw" / f"macro-{as_of.date()}")
-    regime = run_regime(con, pol, as_of)
+    regime = run_regime(con, pol, as_of, run_id)
     if refit:
-        run_model_refit(con, pol, as_of)
-    fc = run_forecasts(con, pol, as_of)
-    run_decay(con, pol, as_of)
+        run_model_refit(con, pol, as_of, run_id)
+    fc = run_forecasts(con, pol, as_of, run_id)
+    run_decay(con, pol, as_of, run_id)
     lifecycle = run_lifecycle(con, pol, as_of)
     cands = run_candidates(con, pol, as_of)
-    run_scenarios(con, pol, as_of)
+    run_scenarios(con, pol, as_of, run_id)
     auction = run_auction(con, pol, as_of, warm_dir)
     cvar = run_portfolio_cvar(con, pol, as_of)
     proposals = run_order_proposals(con, pol, as_of)

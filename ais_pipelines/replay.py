@@ -212,8 +212,8 @@ def _providers(pol: Policies, name: str) -> tuple[str, dict[str, Any], frozenset
         cfg = pol.providers.sample
         inst = [SampleInstrument(i.symbol, i.resolved_class, i.sector, i.calendar) for i in pol.universe.symbols]
         defects = [SampleDefect(**d.model_dump(exclude_none=True)) for d in cfg.defects]
-        return name, {"sample": SampleProvider(inst, end=cfg.end_session, n_sessions=cfg.n_sessions, seed=cfg.seed,
-                                               defects=defects)}, entitled
+        return name, {"sample": WindowedHistory(SampleProvider(inst, end=cfg.end_session, n_sessions=cfg.n_sessions,
+                                                               seed=cfg.seed, defects=defects))}, entitled
     if name == "files":
         import os
 
@@ -224,6 +224,56 @@ def _providers(pol: Policies, name: str) -> tuple[str, dict[str, Any], frozenset
             raise ReplayError("--provider files needs AIS_FILES_DIR")
         return name, {"files": FilesProvider(directory)}, entitled
     raise ReplayError(f"replay provider must be sample or files (point-in-time history on this machine), got {name!r}")
+
+
+class WindowedHistory:
+    """A deterministic history provider answered from one full response per symbol, sliced to
+    each night's window: the rows (frame and raw) the provider itself returns for
+    ``[start, end]``, without regenerating and re-serialising the whole history every session."""
+
+    def __init__(self, provider: Any) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self._full: dict[str, Any] = {}
+
+    def _whole(self, request: Any) -> Any:
+        from ais_pipelines.market_data.base import ProviderError
+
+        key = request.symbol
+        if key not in self._full:
+            try:
+                self._full[key] = self.provider.fetch_daily_bars(request, date(1900, 1, 1), date(2999, 12, 31))
+            except ProviderError as exc:
+                self._full[key] = exc
+        return self._full[key]
+
+    def fetch_daily_bars(self, request: Any, start: date, end: date) -> Any:
+        from dataclasses import replace
+
+        from ais_pipelines.market_data.base import ProviderEmptyError
+
+        whole = self._whole(request)
+        if isinstance(whole, Exception):
+            raise whole
+        lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+        keep = ((whole.frame["date"] >= lo) & (whole.frame["date"] <= hi)).to_numpy()
+        if not keep.any():
+            raise ProviderEmptyError(f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
+                                     provider=self.name)
+        raw = whole.raw
+        return replace(whole, frame=whole.frame[keep].reset_index(drop=True),
+                       raw=[raw[i] for i in np.flatnonzero(keep)])
+
+    def fetch_many(self, requests: Any, start: date, end: date) -> list[Any]:
+        from ais_pipelines.market_data.base import ProviderError
+
+        out = []
+        for req in requests:
+            try:
+                out.append(self.fetch_daily_bars(req, start, end))
+            except ProviderError:
+                continue  # as the provider's fetch_many: a symbol it cannot serve is left out
+        return out
 
 
 def ingest_session(con: Any, pol: Policies, providers: dict[str, Any], configured: str, entitled: frozenset[str],
@@ -371,7 +421,7 @@ def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, 
     configured, provs, entitled = providers
     D = pd.Timestamp(as_of)
     t0 = time.perf_counter()
-    night = nightly.run_nightly(con, pol, D, cfg.out / nightly.WARM_DIR, refit=refit)
+    night = nightly.run_nightly(con, pol, D, cfg.out / nightly.WARM_DIR, refit=refit, run_id=f"replay-{as_of}")
     t1 = time.perf_counter()
     traded = next_session(as_of)
     ingest_session(con, pol, provs, configured, entitled, traded, cfg.out / "raw")
@@ -525,7 +575,9 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     store = LedgerStore.open(f"sqlite:///{(cfg.out / 'ledger.sqlite').resolve()}")
     audit_store = SqlAuditStore(store.engine)
     audit = AuditChain(audit_store, anchor=AuditAnchor(cfg.out / "audit_anchor.json", audit_store.ledger_id))
-    con = duckdb.connect(str(cfg.out / "warehouse.duckdb"))
+    # The replay works on an in-memory warehouse (no WAL commit per partition write, scans of
+    # memory) and persists it to out/warehouse.duckdb at the end, also when a session fails.
+    con = duckdb.connect(":memory:")
     state = _State()
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
@@ -546,7 +598,10 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
         write_track_record_extras(con)
         digest = replay_digest(con)
     finally:
-        con.close()
+        try:
+            persist_warehouse(con, cfg.out / "warehouse.duckdb")
+        finally:
+            con.close()
     head = audit.publish_anchor()
     seconds = time.perf_counter() - t0
     manifest = {"start": str(cfg.start), "end": str(cfg.end), "sessions": len(sessions), "digest": digest,
@@ -558,6 +613,15 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     (cfg.out / "replay_manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     store.dispose()
     return ReplayResult(cfg.out, sessions, digest, seconds, track, state.scripted, timings)
+
+
+def persist_warehouse(con: Any, path: Path) -> None:
+    """Copy the in-memory replay warehouse, every table, into the DuckDB file ``path``."""
+    con.execute(f"ATTACH '{path}' AS replay_file")
+    try:
+        con.execute("COPY FROM DATABASE memory TO replay_file")
+    finally:
+        con.execute("DETACH replay_file")
 
 
 def add_realized_risk(track: pd.DataFrame, horizon: int) -> pd.DataFrame:
