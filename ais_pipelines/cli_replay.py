@@ -52,7 +52,7 @@ def replay(
         typer.echo(f"What-if:     {report}")
 
 
-def demo_replay(root: Path, sessions: int = 6) -> tuple[bool, list[str]]:
+def demo_replay(root: Path, sessions: int = 60) -> tuple[bool, list[str]]:
     """The demo's last step: the last ``sessions`` sample sessions replayed under runtime/replay.
     Progress is printed (the demo sends it to its log); returns (ok, summary lines)."""
     from ais_pipelines.config import Policies

@@ -297,7 +297,11 @@ def ingest_session(con: Any, pol: Policies, providers: dict[str, Any], configure
 
 def write_partition(con: Any, table: str, frame: pd.DataFrame, as_of: Any) -> int:
     """``replace_partition`` with text columns typed as text (same as the intraday assets)."""
+    from ais_pipelines.warehouse import table_exists
+
     out = frame.drop(columns=["as_of"], errors="ignore").copy()
+    if out.empty and not table_exists(con, table):
+        return 0  # the first non-empty partition types the table (an empty frame types text as DOUBLE)
     for col in out.columns:
         if out[col].dtype == object:
             out[col] = out[col].map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
