@@ -93,6 +93,24 @@ def test_replay_is_deterministic_isolated_and_audited(policies_dir: Path, tmp_pa
     finally:
         con.close()
     assert a.digest in (a.out / "replay_digest.json").read_text()
+    # The dbt marts over the replay's own warehouse (schema replay) agree with its tables.
+    assert "dbt marts:   schema replay of the warehouse: PASS=" in cli.output and "ERROR=0" in cli.output
+    con = duckdb.connect(str(a.warehouse), read_only=True)
+    try:
+        perf = con.execute("SELECT session_as_of, nav, drawdown, regime FROM replay.replay_performance").df()
+        sess = con.execute("SELECT session_as_of, nav, drawdown, regime, approved, review, rejected, approve_rate, "
+                           "filled_notional, orders FROM replay_sessions ORDER BY session_as_of").df()
+        gates = con.execute("SELECT * FROM replay.replay_gate_pass_rates ORDER BY as_of").df()
+        n_orders = con.execute("SELECT count(*) FROM replay.replay_orders").fetchone()[0]
+        notional = con.execute("SELECT sum(notional) FROM replay.replay_fills").fetchone()[0]
+    finally:
+        con.close()
+    pd.testing.assert_frame_equal(perf, sess[list(perf.columns)], check_dtype=False)
+    assert list(gates["approved"]) == list(sess["approved"]) and list(gates["review"]) == list(sess["review"])
+    assert list(gates["rejected"]) == list(sess["rejected"])
+    np.testing.assert_allclose(gates["approve_rate"], sess["approve_rate"], rtol=1e-12)
+    assert n_orders == int(sess["orders"].sum())
+    assert notional == pytest.approx(float(sess["filled_notional"].sum()), rel=1e-12)
     with pytest.raises(ReplayError, match="already holds a replay"):
         run_replay(ReplayConfig(D1, D2, tmp_path / "a", policies_dir=policies_dir))
 
