@@ -297,7 +297,10 @@ class ForecastOutput:
     combined: pd.DataFrame
 
 
-def run_forecasts(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None = None) -> ForecastOutput:
+def run_forecasts(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None = None,
+                  features: pd.DataFrame | None = None) -> ForecastOutput:
+    """``features``: the night's ``run_features`` output (same bars, default feature parameters),
+    so the replay does not compute them twice; None computes them (the asset)."""
     params = forecast_params(pol)
     bars = universe_bars(con, pol, as_of, run_id)
     models = load_models(con, as_of)
@@ -306,7 +309,7 @@ def run_forecasts(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | No
     if any(np.isnan(v) for v in probs.values()):
         probs = {"NORMAL": 0.0, "VOLATILE": 0.0, "CRISIS": 1.0}  # failed regime: assume the worst
     per_model, combined = forecasts_core.forecast(
-        bars, as_of, models, params, probs, regime_labels=regime_labels(con, as_of)
+        bars, as_of, models, params, probs, regime_labels=regime_labels(con, as_of), features=features
     )
     replace_partition(con, "forecasts_per_model", per_model, "as_of", as_of.date())
     replace_partition(con, "forecasts", combined, "as_of", as_of.date())
@@ -668,12 +671,12 @@ def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *,
     bars read (``bars_cache``, as in a Dagster run) instead of one query per step.
     """
     quality = run_quality(con, pol, as_of, run_id)
-    run_features(con, pol, as_of, run_id)
+    feats = run_features(con, pol, as_of, run_id)
     run_macro_series(con, pol, as_of, fred, warm_dir.parent / "raw" / f"macro-{as_of.date()}")
     regime = run_regime(con, pol, as_of, run_id)
     if refit:
         run_model_refit(con, pol, as_of, run_id)
-    fc = run_forecasts(con, pol, as_of, run_id)
+    fc = run_forecasts(con, pol, as_of, run_id, features=feats)
     run_decay(con, pol, as_of, run_id)
     lifecycle = run_lifecycle(con, pol, as_of)
     cands = run_candidates(con, pol, as_of)

@@ -561,6 +561,20 @@ def replay_digest(con: Any) -> str:
     return h.hexdigest()
 
 
+def _no_fsync(store: LedgerStore) -> None:
+    """The replay's ledger is a derived, re-creatable artifact: commits without fsync (WAL keeps it
+    consistent if the process dies; only an OS crash could lose it, and the replay is re-run)."""
+    from sqlalchemy import event
+
+    def pragma(dbapi_con: Any, _record: Any) -> None:
+        cur = dbapi_con.cursor()
+        cur.execute("PRAGMA synchronous=OFF")
+        cur.close()
+
+    event.listen(store.engine, "connect", pragma)
+    store.engine.dispose()  # pooled connections reopen with the pragma
+
+
 def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = None) -> ReplayResult:
     import duckdb
 
@@ -577,6 +591,7 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
                           f"must leave one session after it to trade (--end before {pol.providers.sample.end_session})")
     _prepare_out(cfg)
     store = LedgerStore.open(f"sqlite:///{(cfg.out / 'ledger.sqlite').resolve()}")
+    _no_fsync(store)
     audit_store = SqlAuditStore(store.engine)
     audit = AuditChain(audit_store, anchor=AuditAnchor(cfg.out / "audit_anchor.json", audit_store.ledger_id))
     # The replay works on an in-memory warehouse (no WAL commit per partition write, scans of
