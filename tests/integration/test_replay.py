@@ -132,7 +132,7 @@ def test_replayed_session_equals_the_dagster_partition_run(policies_dir: Path, r
     r = defs.resolve_job_def("replay_job").execute_in_process(
         instance=inst, raise_on_error=False,
         run_config={**QUIET, "ops": {"replay_tear_sheet": {"config": {"start": str(D1), "end": str(D1),
-                                                                         "out": str(out)}}}})
+                                                                         "out": str(out), "dbt_marts": False}}}})
     assert r.success
     mats = [e.event_specific_data.materialization for e in r.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
     session = [m for m in mats if m.asset_key.to_user_string() == "replay_session"]
