@@ -636,7 +636,8 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
 
 def persist_warehouse(con: Any, path: Path) -> None:
     """Copy the in-memory replay warehouse, every table, into the DuckDB file ``path``."""
-    con.execute(f"ATTACH '{path}' AS replay_file")
+    quoted = str(path).replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS replay_file")
     try:
         con.execute("COPY FROM DATABASE memory TO replay_file")
     finally:
