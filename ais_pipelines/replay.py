@@ -256,13 +256,17 @@ class WindowedHistory:
         if isinstance(whole, Exception):
             raise whole
         lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-        keep = ((whole.frame["date"] >= lo) & (whole.frame["date"] <= hi)).to_numpy()
-        if not keep.any():
+        dates = whole.frame["date"]
+        if dates.is_monotonic_increasing:  # one contiguous slice (the generator's order)
+            a, b = int(dates.searchsorted(lo, "left")), int(dates.searchsorted(hi, "right"))
+            frame, raw = whole.frame.iloc[a:b].reset_index(drop=True), whole.raw[a:b]
+        else:
+            keep = ((dates >= lo) & (dates <= hi)).to_numpy()
+            frame, raw = whole.frame[keep].reset_index(drop=True), [whole.raw[i] for i in np.flatnonzero(keep)]
+        if frame.empty:
             raise ProviderEmptyError(f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
                                      provider=self.name)
-        raw = whole.raw
-        return replace(whole, frame=whole.frame[keep].reset_index(drop=True),
-                       raw=[raw[i] for i in np.flatnonzero(keep)])
+        return replace(whole, frame=frame, raw=raw)
 
     def fetch_many(self, requests: Any, start: date, end: date) -> list[Any]:
         from ais_pipelines.market_data.base import ProviderError
