@@ -37,6 +37,9 @@ def replay(
         typer.echo(f"replay refused: {exc}", err=True)
         raise typer.Exit(2) from exc
     sheet = write_tear_sheet(result.warehouse, result.out / "tear_sheet.html")
+    from ais_pipelines.replay_marts import build_replay_marts
+
+    marts = build_replay_marts(result.out)
     typer.echo(f"\n{len(result.sessions)} sessions in {result.seconds:.1f} s "
                f"({result.seconds / max(1, len(result.sessions)):.2f} s/session); "
                f"scripted human actions: {result.scripted_actions}")
@@ -44,15 +47,18 @@ def replay(
     typer.echo(f"Warehouse:   {result.warehouse}")
     typer.echo(f"Ledger:      {result.ledger}")
     typer.echo(f"Tear sheet:  {sheet}")
+    typer.echo(f"dbt marts:   schema replay of the warehouse: {marts.summary}" + ("" if marts.ok else f" ({marts.log})"))
     if compare is not None:
         from ais_pipelines.reports.what_if import write_what_if
 
         report = write_what_if(compare.resolve() / "warehouse.duckdb", result.warehouse,
                                result.out / "what_if.md")
         typer.echo(f"What-if:     {report}")
+    if not marts.ok:
+        raise typer.Exit(1)
 
 
-def demo_replay(root: Path, sessions: int = 6) -> tuple[bool, list[str]]:
+def demo_replay(root: Path, sessions: int = 60) -> tuple[bool, list[str]]:
     """The demo's last step: the last ``sessions`` sample sessions replayed under runtime/replay.
     Progress is printed (the demo sends it to its log); returns (ok, summary lines)."""
     from ais_pipelines.config import Policies

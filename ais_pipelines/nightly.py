@@ -297,7 +297,10 @@ class ForecastOutput:
     combined: pd.DataFrame
 
 
-def run_forecasts(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None = None) -> ForecastOutput:
+def run_forecasts(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None = None,
+                  features: pd.DataFrame | None = None) -> ForecastOutput:
+    """``features``: the night's ``run_features`` output (same bars, default feature parameters),
+    so the replay does not compute them twice; None computes them (the asset)."""
     params = forecast_params(pol)
     bars = universe_bars(con, pol, as_of, run_id)
     models = load_models(con, as_of)
@@ -306,7 +309,7 @@ def run_forecasts(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | No
     if any(np.isnan(v) for v in probs.values()):
         probs = {"NORMAL": 0.0, "VOLATILE": 0.0, "CRISIS": 1.0}  # failed regime: assume the worst
     per_model, combined = forecasts_core.forecast(
-        bars, as_of, models, params, probs, regime_labels=regime_labels(con, as_of)
+        bars, as_of, models, params, probs, regime_labels=regime_labels(con, as_of), features=features
     )
     replace_partition(con, "forecasts_per_model", per_model, "as_of", as_of.date())
     replace_partition(con, "forecasts", combined, "as_of", as_of.date())
@@ -660,23 +663,24 @@ class NightlyOutput:
 
 
 def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *, refit: bool = False,
-                fred: Any = None) -> NightlyOutput:
+                fred: Any = None, run_id: str | None = None) -> NightlyOutput:
     """Every nightly step of D in the order of the asset graph (the replay's night).
 
     ``refit`` fits the forecast models with fit date D first (the model_refit_job), after the
-    regime step whose labels the regime-conditional model needs.
+    regime step whose labels the regime-conditional model needs. ``run_id``: the steps share one
+    bars read (``bars_cache``, as in a Dagster run) instead of one query per step.
     """
-    quality = run_quality(con, pol, as_of)
-    run_features(con, pol, as_of)
+    quality = run_quality(con, pol, as_of, run_id)
+    feats = run_features(con, pol, as_of, run_id)
     run_macro_series(con, pol, as_of, fred, warm_dir.parent / "raw" / f"macro-{as_of.date()}")
-    regime = run_regime(con, pol, as_of)
+    regime = run_regime(con, pol, as_of, run_id)
     if refit:
-        run_model_refit(con, pol, as_of)
-    fc = run_forecasts(con, pol, as_of)
-    run_decay(con, pol, as_of)
+        run_model_refit(con, pol, as_of, run_id)
+    fc = run_forecasts(con, pol, as_of, run_id, features=feats)
+    run_decay(con, pol, as_of, run_id)
     lifecycle = run_lifecycle(con, pol, as_of)
     cands = run_candidates(con, pol, as_of)
-    run_scenarios(con, pol, as_of)
+    run_scenarios(con, pol, as_of, run_id)
     auction = run_auction(con, pol, as_of, warm_dir)
     cvar = run_portfolio_cvar(con, pol, as_of)
     proposals = run_order_proposals(con, pol, as_of)

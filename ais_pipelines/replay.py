@@ -212,8 +212,8 @@ def _providers(pol: Policies, name: str) -> tuple[str, dict[str, Any], frozenset
         cfg = pol.providers.sample
         inst = [SampleInstrument(i.symbol, i.resolved_class, i.sector, i.calendar) for i in pol.universe.symbols]
         defects = [SampleDefect(**d.model_dump(exclude_none=True)) for d in cfg.defects]
-        return name, {"sample": SampleProvider(inst, end=cfg.end_session, n_sessions=cfg.n_sessions, seed=cfg.seed,
-                                               defects=defects)}, entitled
+        return name, {"sample": WindowedHistory(SampleProvider(inst, end=cfg.end_session, n_sessions=cfg.n_sessions,
+                                                               seed=cfg.seed, defects=defects))}, entitled
     if name == "files":
         import os
 
@@ -224,6 +224,60 @@ def _providers(pol: Policies, name: str) -> tuple[str, dict[str, Any], frozenset
             raise ReplayError("--provider files needs AIS_FILES_DIR")
         return name, {"files": FilesProvider(directory)}, entitled
     raise ReplayError(f"replay provider must be sample or files (point-in-time history on this machine), got {name!r}")
+
+
+class WindowedHistory:
+    """A deterministic history provider answered from one full response per symbol, sliced to
+    each night's window: the rows (frame and raw) the provider itself returns for
+    ``[start, end]``, without regenerating and re-serialising the whole history every session."""
+
+    def __init__(self, provider: Any) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self._full: dict[str, Any] = {}
+
+    def _whole(self, request: Any) -> Any:
+        from ais_pipelines.market_data.base import ProviderError
+
+        key = request.symbol
+        if key not in self._full:
+            try:
+                self._full[key] = self.provider.fetch_daily_bars(request, date(1900, 1, 1), date(2999, 12, 31))
+            except ProviderError as exc:
+                self._full[key] = exc
+        return self._full[key]
+
+    def fetch_daily_bars(self, request: Any, start: date, end: date) -> Any:
+        from dataclasses import replace
+
+        from ais_pipelines.market_data.base import ProviderEmptyError
+
+        whole = self._whole(request)
+        if isinstance(whole, Exception):
+            raise whole
+        lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+        dates = whole.frame["date"]
+        if dates.is_monotonic_increasing:  # one contiguous slice (the generator's order)
+            a, b = int(dates.searchsorted(lo, "left")), int(dates.searchsorted(hi, "right"))
+            frame, raw = whole.frame.iloc[a:b].reset_index(drop=True), whole.raw[a:b]
+        else:
+            keep = ((dates >= lo) & (dates <= hi)).to_numpy()
+            frame, raw = whole.frame[keep].reset_index(drop=True), [whole.raw[i] for i in np.flatnonzero(keep)]
+        if frame.empty:
+            raise ProviderEmptyError(f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
+                                     provider=self.name)
+        return replace(whole, frame=frame, raw=raw)
+
+    def fetch_many(self, requests: Any, start: date, end: date) -> list[Any]:
+        from ais_pipelines.market_data.base import ProviderError
+
+        out = []
+        for req in requests:
+            try:
+                out.append(self.fetch_daily_bars(req, start, end))
+            except ProviderError:
+                continue  # as the provider's fetch_many: a symbol it cannot serve is left out
+        return out
 
 
 def ingest_session(con: Any, pol: Policies, providers: dict[str, Any], configured: str, entitled: frozenset[str],
@@ -247,7 +301,11 @@ def ingest_session(con: Any, pol: Policies, providers: dict[str, Any], configure
 
 def write_partition(con: Any, table: str, frame: pd.DataFrame, as_of: Any) -> int:
     """``replace_partition`` with text columns typed as text (same as the intraday assets)."""
+    from ais_pipelines.warehouse import table_exists
+
     out = frame.drop(columns=["as_of"], errors="ignore").copy()
+    if out.empty and not table_exists(con, table):
+        return 0  # the first non-empty partition types the table (an empty frame types text as DOUBLE)
     for col in out.columns:
         if out[col].dtype == object:
             out[col] = out[col].map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
@@ -371,7 +429,7 @@ def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, 
     configured, provs, entitled = providers
     D = pd.Timestamp(as_of)
     t0 = time.perf_counter()
-    night = nightly.run_nightly(con, pol, D, cfg.out / nightly.WARM_DIR, refit=refit)
+    night = nightly.run_nightly(con, pol, D, cfg.out / nightly.WARM_DIR, refit=refit, run_id=f"replay-{as_of}")
     t1 = time.perf_counter()
     traded = next_session(as_of)
     ingest_session(con, pol, provs, configured, entitled, traded, cfg.out / "raw")
@@ -507,6 +565,20 @@ def replay_digest(con: Any) -> str:
     return h.hexdigest()
 
 
+def _no_fsync(store: LedgerStore) -> None:
+    """The replay's ledger is a derived, re-creatable artifact: commits without fsync (WAL keeps it
+    consistent if the process dies; only an OS crash could lose it, and the replay is re-run)."""
+    from sqlalchemy import event
+
+    def pragma(dbapi_con: Any, _record: Any) -> None:
+        cur = dbapi_con.cursor()
+        cur.execute("PRAGMA synchronous=OFF")
+        cur.close()
+
+    event.listen(store.engine, "connect", pragma)
+    store.engine.dispose()  # pooled connections reopen with the pragma
+
+
 def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = None) -> ReplayResult:
     import duckdb
 
@@ -523,9 +595,12 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
                           f"must leave one session after it to trade (--end before {pol.providers.sample.end_session})")
     _prepare_out(cfg)
     store = LedgerStore.open(f"sqlite:///{(cfg.out / 'ledger.sqlite').resolve()}")
+    _no_fsync(store)
     audit_store = SqlAuditStore(store.engine)
     audit = AuditChain(audit_store, anchor=AuditAnchor(cfg.out / "audit_anchor.json", audit_store.ledger_id))
-    con = duckdb.connect(str(cfg.out / "warehouse.duckdb"))
+    # The replay works on an in-memory warehouse (no WAL commit per partition write, scans of
+    # memory) and persists it to out/warehouse.duckdb at the end, also when a session fails.
+    con = duckdb.connect(":memory:")
     state = _State()
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
@@ -547,7 +622,10 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
         write_track_record_extras(con)
         digest = replay_digest(con)
     finally:
-        con.close()
+        try:
+            persist_warehouse(con, cfg.out / "warehouse.duckdb")
+        finally:
+            con.close()
     head = audit.publish_anchor()
     seconds = time.perf_counter() - t0
     manifest = {"start": str(cfg.start), "end": str(cfg.end), "sessions": len(sessions), "digest": digest,
@@ -559,6 +637,16 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     (cfg.out / "replay_manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     store.dispose()
     return ReplayResult(cfg.out, sessions, digest, seconds, track, state.scripted, timings)
+
+
+def persist_warehouse(con: Any, path: Path) -> None:
+    """Copy the in-memory replay warehouse, every table, into the DuckDB file ``path``."""
+    quoted = str(path).replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS replay_file")
+    try:
+        con.execute("COPY FROM DATABASE memory TO replay_file")
+    finally:
+        con.execute("DETACH replay_file")
 
 
 def add_realized_risk(track: pd.DataFrame, horizon: int) -> pd.DataFrame:

@@ -37,6 +37,7 @@ class ReplayRunConfig(dg.Config):
     end: str = Field(description="Last as-of session (its D+1 is traded).")
     out: str = Field(default="", description="Output directory (default: {runtime}/replay).")
     overwrite: bool = Field(default=True, description="Replace a replay already in out.")
+    dbt_marts: bool = Field(default=True, description="Build the replay's dbt marts (schema replay of its warehouse).")
 
 
 def _num(v: object) -> float:
@@ -74,12 +75,18 @@ def replay_tear_sheet(context: dg.AssetExecutionContext, config: ReplayRunConfig
         meta.update({"regime": str(row.get("regime")), "trading_mode": str(row.get("trading_mode"))})
         context.log_event(dg.AssetMaterialization(asset_key=SESSION_KEY, partition=key, metadata=meta))
     sheet = write_tear_sheet(result.warehouse, result.out / "tear_sheet.html")
+    from ais_pipelines.replay_marts import build_replay_marts
+
+    marts = build_replay_marts(result.out) if config.dbt_marts else None  # schema replay of its warehouse
+    if marts is not None and not marts.ok:
+        raise dg.Failure(f"replay dbt marts failed: {marts.summary} (log {marts.log})", allow_retries=False)
     t = result.track_record
     return dg.MaterializeResult(metadata={
         "sessions": len(result.sessions), "digest": result.digest, "seconds": round(result.seconds, 2),
         "seconds_per_session": round(result.seconds / max(1, len(result.sessions)), 3),
         "final_nav": _num(t["nav"].iloc[-1]), "max_drawdown": _num(t["drawdown"].max()),
         "scripted_actions": result.scripted_actions,
+        "dbt_marts": marts.summary if marts is not None else "not built (dbt_marts: false)",
         "tear_sheet": dg.MetadataValue.path(str(sheet)), "warehouse": dg.MetadataValue.path(str(result.warehouse)),
     })
 

@@ -93,6 +93,24 @@ def test_replay_is_deterministic_isolated_and_audited(policies_dir: Path, tmp_pa
     finally:
         con.close()
     assert a.digest in (a.out / "replay_digest.json").read_text()
+    # The dbt marts over the replay's own warehouse (schema replay) agree with its tables.
+    assert "dbt marts:   schema replay of the warehouse: PASS=" in cli.output and "ERROR=0" in cli.output
+    con = duckdb.connect(str(a.warehouse), read_only=True)
+    try:
+        perf = con.execute("SELECT session_as_of, nav, drawdown, regime FROM replay.replay_performance").df()
+        sess = con.execute("SELECT session_as_of, nav, drawdown, regime, approved, review, rejected, approve_rate, "
+                           "filled_notional, orders FROM replay_sessions ORDER BY session_as_of").df()
+        gates = con.execute("SELECT * FROM replay.replay_gate_pass_rates ORDER BY as_of").df()
+        n_orders = con.execute("SELECT count(*) FROM replay.replay_orders").fetchone()[0]
+        notional = con.execute("SELECT sum(notional) FROM replay.replay_fills").fetchone()[0]
+    finally:
+        con.close()
+    pd.testing.assert_frame_equal(perf, sess[list(perf.columns)], check_dtype=False)
+    assert list(gates["approved"]) == list(sess["approved"]) and list(gates["review"]) == list(sess["review"])
+    assert list(gates["rejected"]) == list(sess["rejected"])
+    np.testing.assert_allclose(gates["approve_rate"], sess["approve_rate"], rtol=1e-12)
+    assert n_orders == int(sess["orders"].sum())
+    assert notional == pytest.approx(float(sess["filled_notional"].sum()), rel=1e-12)
     with pytest.raises(ReplayError, match="already holds a replay"):
         run_replay(ReplayConfig(D1, D2, tmp_path / "a", policies_dir=policies_dir))
 
@@ -114,7 +132,7 @@ def test_replayed_session_equals_the_dagster_partition_run(policies_dir: Path, r
     r = defs.resolve_job_def("replay_job").execute_in_process(
         instance=inst, raise_on_error=False,
         run_config={**QUIET, "ops": {"replay_tear_sheet": {"config": {"start": str(D1), "end": str(D1),
-                                                                         "out": str(out)}}}})
+                                                                         "out": str(out), "dbt_marts": False}}}})
     assert r.success
     mats = [e.event_specific_data.materialization for e in r.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
     session = [m for m in mats if m.asset_key.to_user_string() == "replay_session"]
@@ -167,3 +185,67 @@ def test_crisis_onset_de_risks_and_trades_reduce_only(policies_dir: Path, tmp_pa
     crisis = orders.merge(regime, on="as_of")
     crisis = crisis[crisis["reduce_only"].astype(bool)]
     assert len(crisis) >= 1 and set(crisis["side"]) == {"SELL"} and set(crisis["state"]) == {"FILLED"}
+
+
+@pytest.mark.slow
+def test_daily_loss_kill_switch_trips_stays_latched_and_resumes_by_the_scripted_rule(
+        policies_dir: Path, tmp_path: Path) -> None:
+    """§J2 in a replay over the sample crisis episode: a proposed policy directory declares a
+    tighter daily-loss limit (0.3 bp of NAV, validated like any risk.yaml). The session whose
+    loss reaches it trips the kill switch; HALTED holds (no order at all reaches the broker,
+    not even the queued reduce-only sell: HALTED refuses everything, REDUCING allows reducing)
+    until the declared rule resumes at the start of the 2nd session after, to REDUCING, recorded
+    as scripted in the replay's own audit chain."""
+    import yaml
+
+    from ais_pipelines.ledger.store import SqlAuditStore
+
+    def edit(name: str, change) -> None:  # noqa: ANN001 - a small YAML edit
+        doc = yaml.safe_load((policies_dir / name).read_text())
+        change(doc)
+        (policies_dir / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    limit = 0.00003
+    edit("providers.yaml", lambda d: d["sample"].update(n_sessions=1860))  # history behind the 2024 crisis
+    edit("strategies.yaml", lambda d: [s.update(inception="2020-01-02") for s in d["strategies"]])
+    edit("risk.yaml", lambda d: d.update(daily_loss_limit=limit))
+    edit("replay.yaml", lambda d: d["kill_switch"].update(resume_after_sessions=2, resume_to="REDUCING"))
+    res = run_replay(ReplayConfig(date(2024, 11, 14), date(2024, 11, 25), tmp_path / "ks", policies_dir=policies_dir))
+    t = res.track_record.reset_index(drop=True)
+    open_nav = np.concatenate([[1_000_000.0], t["nav"].to_numpy()[:-1]])
+    # daily loss = −(NAV change over the traded session) / opening NAV, when negative
+    np.testing.assert_allclose(t["daily_loss"], np.maximum(0.0, -t["pnl_day"] / open_nav), rtol=1e-9, atol=1e-12)
+    trip = int(np.flatnonzero(t["daily_loss"].to_numpy() >= limit)[0])
+    assert trip == 4 and str(t["as_of"][trip]) == "2024-11-20" and t["daily_loss"][trip] > limit
+    assert list(t["trading_mode"]) == ["ACTIVE"] * trip + ["HALTED"] * 3 + ["REDUCING"]
+    assert list(t["kill_switch"]) == [False] * trip + [True] * 3 + [False]
+    # Latched: sessions 5 and 6 lose nothing (daily loss 0) and stay HALTED, sending no order.
+    assert (t["daily_loss"][trip + 1:trip + 3] < limit).all()
+    orders = table(res.warehouse, "execution_orders")
+    halted_days = {pd.Timestamp(d) for d in t["as_of"][trip + 1:trip + 3]}
+    assert not set(pd.to_datetime(orders["as_of"])) & halted_days
+    store = LedgerStore.open(f"sqlite:///{res.ledger}")
+    try:
+        queued = store.get_review("review:2024-11-22:AAPL:SELL")
+        assert queued is not None and queued.status == "PENDING"  # the scripted approval was refused
+        records = list(SqlAuditStore(store.engine).iter_records())
+        status = store.current_trading_status()
+    finally:
+        store.dispose()
+    kill = [r for r in records if r.event_type == "trading.kill_switch"]
+    assert len(kill) == 1 and kill[0].payload["to"] == "HALTED" and "KILL_SWITCH_DAILY_LOSS" in kill[0].reason_codes
+    assert kill[0].ts.startswith("2024-11-21T21:00")  # at the close of the session traded for 2024-11-20
+    # The resume: scripted, with its rule, at the open of the 2nd session after the trip, then the
+    # same control call a person makes, by the declared actor.
+    scripted = [r for r in records if r.event_type == "replay.scripted.resume"]
+    resume = [r for r in records if r.event_type == "trading.resume"]
+    assert len(scripted) == 1 and scripted[0].payload["scripted"] is True
+    assert scripted[0].payload["rule"].endswith("resume_after_sessions=2") and scripted[0].ts.startswith("2024-11-26")
+    assert len(resume) == 1 and resume[0].actor == "risk.officer" and resume[0].seq == scripted[0].seq + 1
+    assert resume[0].payload["from"] == "HALTED" and resume[0].payload["to"] == "REDUCING"
+    assert status.mode.value == "REDUCING" and res.scripted_actions >= 1
+    # After the resume only reducing orders execute: the sell of a held position.
+    after = orders[pd.to_datetime(orders["as_of"]) == pd.Timestamp("2024-11-25")]
+    assert list(after["side"]) == ["SELL"] and list(after["state"]) == ["FILLED"]
+    held = table(res.warehouse, "positions_snapshot", date(2024, 11, 22)).set_index("symbol")["qty"]
+    assert float(after["qty"].iloc[0]) <= float(held[after["symbol"].iloc[0]])

@@ -135,3 +135,27 @@ def test_a_first_partition_larger_than_a_row_group_is_readable_by_parameter(tmp_
         assert len(read_table(con, "t", "as_of = ?", [date(2026, 11, 18)])) == n
     finally:
         con.close()
+
+
+def test_windowed_history_returns_exactly_what_the_sample_provider_returns_for_each_window() -> None:
+    from ais_pipelines.core.asset_classes import AssetClass
+    from ais_pipelines.market_data.base import InstrumentRequest, ProviderEmptyError
+    from ais_pipelines.market_data.sample import SampleInstrument, SampleProvider
+    from ais_pipelines.replay import WindowedHistory
+
+    inst = [SampleInstrument("AAPL", AssetClass.STOCKS, "Information Technology"),
+            SampleInstrument("BTC/USD", AssetClass.CRYPTO, "Digital Assets")]
+    provider = SampleProvider(inst, end=date(2026, 11, 20), n_sessions=150, seed=7)
+    windowed = WindowedHistory(provider)
+    reqs = [InstrumentRequest(i.symbol, i.asset_class) for i in inst]
+    for start, end in ((date(2026, 6, 1), date(2026, 9, 30)), (date(2026, 6, 2), date(2026, 10, 1)),
+                       (date(2025, 1, 1), date(2026, 11, 20))):
+        mine, theirs = windowed.fetch_many(reqs, start, end), provider.fetch_many(reqs, start, end)
+        assert [r.symbol for r in mine] == [r.symbol for r in theirs] == ["AAPL", "BTC/USD"]
+        for a, b in zip(mine, theirs, strict=True):
+            pd.testing.assert_frame_equal(a.frame, b.frame)
+            assert a.raw == b.raw and a.lineage == b.lineage and a.provider == b.provider
+    with pytest.raises(ProviderEmptyError):  # a window without bars fails like the provider's
+        windowed.fetch_daily_bars(reqs[0], date(2030, 1, 1), date(2030, 2, 1))
+    assert windowed.fetch_many([InstrumentRequest("NOPE", AssetClass.STOCKS)], date(2026, 1, 5),
+                               date(2026, 6, 30)) == []
