@@ -88,6 +88,14 @@ def last_as_of_session(calendars: Sequence[str], day: date | pd.Timestamp) -> pd
     return pd.Timestamp(max(found)).tz_localize(None) if found else None
 
 
+def next_as_of_session(calendars: Sequence[str], day: date | pd.Timestamp) -> pd.Timestamp | None:
+    """The first as-of session after ``day`` (the execution session of D's decisions), or None."""
+    ts = pd.Timestamp(day).normalize()
+    found = [get_calendar(c).date_to_session(ts + pd.Timedelta(days=1), direction="next")
+             for c in calendars if get_calendar(c).first_session <= ts < get_calendar(c).last_session]
+    return pd.Timestamp(min(found)).tz_localize(None) if found else None
+
+
 def session_problem(calendars: Sequence[str], day: date | pd.Timestamp) -> str | None:
     """Why ``day`` is not an as-of session (naming the previous and the next one), or None."""
     ts = pd.Timestamp(day).normalize()

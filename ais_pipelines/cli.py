@@ -245,7 +245,11 @@ def report(
             typer.echo("The warehouse has no data_quality assessment yet: nothing to report.", err=True)
             raise typer.Exit(2)
         as_of = str(found)
-    path = write_governance_report(db, as_of, out or root / "reports" / "governance")
+    from ais_pipelines.as_of_calendar import as_of_calendars
+    from ais_pipelines.config import Policies
+
+    path = write_governance_report(db, as_of, out or root / "reports" / "governance",
+                                   calendars=as_of_calendars(Policies().universe))
     typer.echo(f"Governance report ({as_of}): {path.resolve()}")
 
 

@@ -129,19 +129,27 @@ class ReplayResult:
 # calendar and cadence
 
 
-def replay_sessions(start: date, end: date, calendar: str = "XNYS") -> list[date]:
-    from ais_pipelines.core.calendars import sessions_between
+def replay_calendars(pol: Policies) -> tuple[str, ...]:
+    """The universe's as-of calendars (issue 13): the replay walks their sessions; the first
+    one's open and close time the simulated trading day."""
+    from ais_pipelines.as_of_calendar import as_of_calendars
 
-    return [d.date() for d in sessions_between(calendar, start, end)]
+    return as_of_calendars(pol.universe)
 
 
-def next_session(day: date, calendar: str = "XNYS") -> date:
-    from ais_pipelines.core.calendars import get_calendar
+def replay_sessions(start: date, end: date, calendars: tuple[str, ...] = ("XNYS",)) -> list[date]:
+    from ais_pipelines.as_of_calendar import as_of_sessions
 
-    cal = get_calendar(calendar)
-    ts_ = pd.Timestamp(day)
-    nxt = cal.date_to_session(ts_, direction="next")
-    return (cal.next_session(nxt) if nxt <= ts_ else nxt).date()
+    return [d.date() for d in as_of_sessions(calendars, start, end)]
+
+
+def next_session(day: date, calendars: tuple[str, ...] = ("XNYS",)) -> date:
+    from ais_pipelines.as_of_calendar import next_as_of_session
+
+    nxt = next_as_of_session(calendars, day)
+    if nxt is None:
+        raise ReplayError(f"no {', '.join(calendars)} session after {day}")
+    return nxt.date()
 
 
 def _cron_field(spec: str, value: int, lo: int, hi: int) -> bool:
@@ -326,8 +334,9 @@ def open_session(pol: Policies, con: Any, as_of: date, store: LedgerStore, audit
     from ais_pipelines.market_data.quotes import SampleQuoteSource
 
     snapshot = ex.load_snapshot(con, as_of)
-    traded = next_session(as_of)
-    open_ = get_calendar("XNYS").session_open(pd.Timestamp(traded)).to_pydatetime()
+    cals = replay_calendars(pol)
+    traded = next_session(as_of, cals)
+    open_ = get_calendar(cals[0]).session_open(pd.Timestamp(traded)).to_pydatetime()
     clock = SimulatedClock(open_ + timedelta(minutes=MINUTES_AFTER_OPEN))
     if not_before is not None and not_before > clock.now():
         clock.set(not_before)
@@ -431,7 +440,7 @@ def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, 
     t0 = time.perf_counter()
     night = nightly.run_nightly(con, pol, D, cfg.out / nightly.WARM_DIR, refit=refit, run_id=f"replay-{as_of}")
     t1 = time.perf_counter()
-    traded = next_session(as_of)
+    traded = next_session(as_of, replay_calendars(pol))
     ingest_session(con, pol, provs, configured, entitled, traded, cfg.out / "raw")
     market = market_of(con, traded)
     t2 = time.perf_counter()
@@ -472,7 +481,7 @@ def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, 
     # D+1's close: marks, NAV, kill switch, reconciliation, realized performance per strategy.
     from ais_pipelines.core.calendars import get_calendar
 
-    close_at = get_calendar("XNYS").session_close(pd.Timestamp(traded)).to_pydatetime()
+    close_at = get_calendar(replay_calendars(pol)[0]).session_close(pd.Timestamp(traded)).to_pydatetime()
     if close_at > session.clock.now():
         session.clock.set(close_at)  # type: ignore[attr-defined]
     previous = read_table(con, "positions_snapshot", "as_of < ?", [as_of])
@@ -586,11 +595,12 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     pol.validate_all()
     rules = load_replay_rules(pol.directory)
     env_policy = ex.load_execution_policies(pol)
-    sessions = replay_sessions(cfg.start, cfg.end)
+    cals = replay_calendars(pol)
+    sessions = replay_sessions(cfg.start, cfg.end, cals)
     if not sessions:
-        raise ReplayError(f"no XNYS session between {cfg.start} and {cfg.end}")
+        raise ReplayError(f"no {', '.join(cals)} session between {cfg.start} and {cfg.end}")
     providers = _providers(pol, cfg.provider)
-    if cfg.provider == "sample" and next_session(sessions[-1]) > pol.providers.sample.end_session:
+    if cfg.provider == "sample" and next_session(sessions[-1], cals) > pol.providers.sample.end_session:
         raise ReplayError(f"the sample market ends {pol.providers.sample.end_session}: the last replayed session "
                           f"must leave one session after it to trade (--end before {pol.providers.sample.end_session})")
     _prepare_out(cfg)
@@ -609,7 +619,7 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     try:
         ingest_session(con, pol, providers[1], providers[0], providers[2], sessions[0], cfg.out / "raw")
         for i, d in enumerate(sessions):
-            refit = (i == 0 and rules.refit.initial) or refit_due(cron, d, next_session(d))
+            refit = (i == 0 and rules.refit.initial) or refit_due(cron, d, next_session(d, cals))
             # issue 13: the policies in force on d (effective dates), through the same loader
             rows.append(run_session(con, pol.as_of_session(d), store, audit, cfg, rules, env_policy, d, i, state,
                                     providers, refit, timings))

@@ -42,7 +42,7 @@ from ais_pipelines.config import REPO_ROOT
 from ais_pipelines.reports.ledger_copy import LEDGER_TABLES, copy_ledger_to_warehouse, ledger_read_engine
 from assets._common import ui_table
 from assets.intelligence import model_decay_metrics, regime_probabilities, strategy_lifecycle
-from assets.partitions import as_of_partitions, partition_as_of
+from assets.partitions import as_of_partitions, bound_calendars, partition_as_of
 from assets.quality import data_quality
 from resources.runtime import RuntimeResource
 from resources.trading import LedgerResource
@@ -272,7 +272,7 @@ def governance_report(context: dg.AssetExecutionContext, warehouse: DuckDBResour
 
     as_of = partition_as_of(context).date()
     with warehouse.get_connection() as con:
-        inputs = load_governance_inputs(con, as_of)
+        inputs = load_governance_inputs(con, as_of, calendars=bound_calendars())
     reports = runtime.reports_dir()
     path = report_path(reports / "governance", as_of)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,6 @@ from ais_pipelines.core.accounting import (
     mark_to_market,
     positions_from_fills,
 )
-from ais_pipelines.core.calendars import sessions_between
 from ais_pipelines.warehouse import read_table, table_exists
 
 SESSION_TZ = "America/New_York"
@@ -139,11 +138,13 @@ class GovernanceInputs:
 # loading
 
 
-def next_session(as_of: date, calendar: str = AS_OF_CALENDAR) -> date | None:
-    """The first session after ``as_of`` (the execution session of D's decisions)."""
-    start = pd.Timestamp(as_of) + pd.Timedelta(days=1)
-    nxt = sessions_between(calendar, start, start + pd.Timedelta(days=14))
-    return nxt[0].date() if len(nxt) else None
+def next_session(as_of: date, calendars: Sequence[str] = (AS_OF_CALENDAR,)) -> date | None:
+    """The first as-of session after ``as_of`` on the universe's calendars (the execution
+    session of D's decisions)."""
+    from ais_pipelines.as_of_calendar import next_as_of_session
+
+    nxt = next_as_of_session(tuple(calendars), as_of)
+    return nxt.date() if nxt is not None else None
 
 
 _local_date = local_session_date  # one rule for the market-local date of a timestamp
@@ -348,6 +349,7 @@ def load_governance_inputs(
     *,
     default_starting_cash: float = DEFAULT_STARTING_CASH,
     now: datetime | None = None,
+    calendars: Sequence[str] = (AS_OF_CALENDAR,),
 ) -> GovernanceInputs:
     """Read the warehouse for session ``as_of`` (see the module doc for what belongs to it).
 
@@ -357,7 +359,7 @@ def load_governance_inputs(
     d = pd.Timestamp(as_of).date()
     con = duckdb_con
     missing: list[str] = []
-    execution = next_session(d)
+    execution = next_session(d, calendars)
     inputs = GovernanceInputs(as_of=d, execution_session=execution, generated_at=now or datetime.now(UTC))
 
     dq = _for_as_of(con, "data_quality", d, missing)
@@ -1101,7 +1103,8 @@ def write_metrics_file(metrics: Mapping[str, float], as_of: date | str, metrics_
     return latest, archive
 
 
-def write_governance_report(warehouse_path: str | Path, as_of: date | str, out_dir: str | Path) -> Path:
+def write_governance_report(warehouse_path: str | Path, as_of: date | str, out_dir: str | Path,
+                            calendars: Sequence[str] = (AS_OF_CALENDAR,)) -> Path:
     """Read the warehouse (read-only), render session ``as_of``, write
     ``<out_dir>/governance_<as_of>.html``; returns the path."""
     db = Path(warehouse_path)
@@ -1109,7 +1112,7 @@ def write_governance_report(warehouse_path: str | Path, as_of: date | str, out_d
         raise FileNotFoundError(f"no warehouse at {db}")
     con = duckdb.connect(str(db), read_only=True)
     try:
-        inputs = load_governance_inputs(con, as_of)
+        inputs = load_governance_inputs(con, as_of, calendars=calendars)
     finally:
         con.close()
     path = report_path(out_dir, as_of)

@@ -159,3 +159,23 @@ def test_windowed_history_returns_exactly_what_the_sample_provider_returns_for_e
         windowed.fetch_daily_bars(reqs[0], date(2030, 1, 1), date(2030, 2, 1))
     assert windowed.fetch_many([InstrumentRequest("NOPE", AssetClass.STOCKS)], date(2026, 1, 5),
                                date(2026, 6, 30)) == []
+
+
+def test_replay_and_report_walk_the_universes_calendar_not_xnys():
+    """Issue 13 for the replay and the report: a universe on XLON replays XLON sessions and
+    trades D's decisions on the next XLON session (the UK August bank holiday is skipped, the
+    NYSE's 4 July is not), as exchange_calendars says."""
+    import exchange_calendars as xcals
+
+    from ais_pipelines.replay import next_session, replay_sessions
+    from ais_pipelines.reports.governance import next_session as report_next
+
+    xlon = xcals.get_calendar("XLON")
+    assert replay_sessions(date(2024, 6, 28), date(2024, 9, 2), ("XLON",)) == \
+        [d.date() for d in xlon.sessions_in_range("2024-06-28", "2024-09-02")]
+    assert date(2024, 7, 4) in replay_sessions(date(2024, 7, 1), date(2024, 7, 5), ("XLON",))
+    assert date(2024, 7, 4) not in replay_sessions(date(2024, 7, 1), date(2024, 7, 5))  # XNYS default
+    assert next_session(date(2024, 8, 23), ("XLON",)) == date(2024, 8, 27)  # Mon 26 Aug: bank holiday
+    assert next_session(date(2024, 8, 23)) == date(2024, 8, 26)
+    assert report_next(date(2024, 8, 23), ("XLON",)) == date(2024, 8, 27)
+    assert next_session(date(2024, 8, 23), ("XLON", "24/7")) == date(2024, 8, 24)  # a round-the-clock book
