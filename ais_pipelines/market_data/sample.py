@@ -68,6 +68,7 @@ from ais_pipelines.market_data.base import (
     FetchResult,
     InstrumentRequest,
     ProviderEmptyError,
+    RawRecords,
 )
 
 __all__ = [
@@ -1019,22 +1020,13 @@ class SampleProvider:
                 f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
                 provider=self.name,
             )
-        raw = [
-            {
-                "symbol": request.symbol,
-                "date": d.date().isoformat(),
-                "open": float(o),
-                "high": float(h),
-                "low": float(lw),
-                "close": float(c),
-                "volume": int(v),
-                "adj_close": float(a),
-            }
-            for d, o, h, lw, c, v, a in zip(
-                frame["date"], frame["open"], frame["high"], frame["low"], frame["close"],
-                frame["volume"], frame["adj_close"], strict=True,
-            )
-        ]  # fmt: skip
+        # The "response as received" is the records of this slice, held as columns (RawRecords).
+        raw = RawRecords({
+            "symbol": request.symbol,
+            "date": np.datetime_as_string(frame["date"].to_numpy(dtype="datetime64[ns]"), unit="D"),
+            **{c: frame[c].to_numpy(dtype=np.int64 if c == "volume" else np.float64)
+               for c in ("open", "high", "low", "close", "volume", "adj_close")},
+        })
         return FetchResult(
             symbol=request.symbol, provider=self.name, frame=frame, raw=raw, lineage=self._lineage(inst)
         )
