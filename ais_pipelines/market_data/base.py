@@ -101,8 +101,10 @@ class RawRecords(Sequence[dict[str, Any]]):
     (2.5 M bars at 2,000 symbols); :meth:`to_json` writes exactly the bytes ``orjson.dumps`` of
     :meth:`to_records` would, without building them.
 
-    ``columns``: name → a numpy array (all the same length: float, int, bool or str) or a
-    scalar ``str``/``int``/``float`` shared by every record. Key order is the mapping's order.
+    ``columns``: name → a numpy array (all the same length: float, int, bool, str, or
+    datetime64 — written as its ISO calendar date, for session-labelled bars) or a scalar
+    ``str``/``int``/``float`` shared by every record. Key order is the mapping's order. Arrays
+    are held, not copied (views of the provider's frame).
     """
 
     __slots__ = ("_columns", "_n")
@@ -113,6 +115,10 @@ class RawRecords(Sequence[dict[str, Any]]):
             raise ValueError("RawRecords needs at least one array column, all of one length")
         self._columns = dict(columns)
         self._n = lengths.pop()
+
+    @staticmethod
+    def _values(v: np.ndarray) -> np.ndarray:
+        return np.datetime_as_string(v, unit="D") if v.dtype.kind == "M" else v
 
     def __len__(self) -> int:
         return self._n
@@ -126,7 +132,9 @@ class RawRecords(Sequence[dict[str, Any]]):
             return [self[k] for k in range(*i.indices(self._n))]
         if not -self._n <= i < self._n:
             raise IndexError(i)
-        return {k: (v[i].item() if isinstance(v, np.ndarray) else v) for k, v in self._columns.items()}
+        i %= self._n
+        return {k: (self._values(v[i : i + 1])[0].item() if isinstance(v, np.ndarray) else v)
+                for k, v in self._columns.items()}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.to_records())
@@ -140,7 +148,8 @@ class RawRecords(Sequence[dict[str, Any]]):
 
     def to_records(self) -> list[dict[str, Any]]:
         """The records as plain dicts (tests and small consumers; the archive uses ``to_json``)."""
-        cols = {k: (v.tolist() if isinstance(v, np.ndarray) else [v] * self._n) for k, v in self._columns.items()}
+        cols = {k: (self._values(v).tolist() if isinstance(v, np.ndarray) else [v] * self._n)
+                for k, v in self._columns.items()}
         return [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
     def to_json(self) -> bytes:
@@ -159,8 +168,8 @@ class RawRecords(Sequence[dict[str, Any]]):
                 # numpy numbers serialise exactly as the equal Python floats/ints; no commas inside
                 tokens.append(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b","))
                 template.append(b"%b")
-            else:  # strings: encode each distinct value once
-                uniq, inv = np.unique(v.astype(str), return_inverse=True)
+            else:  # strings (and dates): encode each distinct value once
+                uniq, inv = np.unique(self._values(v).astype(str), return_inverse=True)
                 enc = np.array([orjson.dumps(u) for u in uniq.tolist()], dtype=object)
                 tokens.append(enc[inv].tolist())
                 template.append(b"%b")

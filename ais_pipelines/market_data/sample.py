@@ -1014,7 +1014,12 @@ class SampleProvider:
             raise ProviderEmptyError(f"sample market has no symbol {request.symbol!r}", provider=self.name)
         full = bars[request.symbol]
         lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-        frame = full[(full["date"] >= lo) & (full["date"] <= hi)].reset_index(drop=True)
+        d = full["date"].to_numpy()
+        if len(d) < 2 or bool((d[1:] >= d[:-1]).all()):  # sorted by date (always, bar defects): slice
+            frame = full.iloc[np.searchsorted(d, lo.to_datetime64(), "left"):
+                              np.searchsorted(d, hi.to_datetime64(), "right")].reset_index(drop=True)
+        else:
+            frame = full[(full["date"] >= lo) & (full["date"] <= hi)].reset_index(drop=True)
         if frame.empty:
             raise ProviderEmptyError(
                 f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
@@ -1023,7 +1028,7 @@ class SampleProvider:
         # The "response as received" is the records of this slice, held as columns (RawRecords).
         raw = RawRecords({
             "symbol": request.symbol,
-            "date": np.datetime_as_string(frame["date"].to_numpy(dtype="datetime64[ns]"), unit="D"),
+            "date": frame["date"].to_numpy(dtype="datetime64[ns]"),
             **{c: frame[c].to_numpy(dtype=np.int64 if c == "volume" else np.float64)
                for c in ("open", "high", "low", "close", "volume", "adj_close")},
         })
