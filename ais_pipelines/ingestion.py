@@ -138,9 +138,12 @@ def ingest_universe(
 
     plan: dict[str, list[tuple[Instrument, date]]] = {}
     log_rows: list[dict[str, Any]] = []
+    days_by_cal: dict[str, int] = {}  # one calendar lookup per calendar, not per symbol
     for inst in instruments:
         cal = inst.resolved_calendar
-        days = calendar_days_for_sessions(cal, end, fetch_sessions)
+        if cal not in days_by_cal:
+            days_by_cal[cal] = calendar_days_for_sessions(cal, end, fetch_sessions)
+        days = days_by_cal[cal]
         start = (pd.Timestamp(end) - pd.Timedelta(days=days - 1)).date()
         name, reason, detail = resolve_provider_name(configured_provider, inst, days, policies, entitled)
         if reason is not None or name not in providers:

@@ -168,7 +168,10 @@ class RawRecords(Sequence[dict[str, Any]]):
                 # numpy numbers serialise exactly as the equal Python floats/ints; no commas inside
                 tokens.append(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b","))
                 template.append(b"%b")
-            else:  # strings (and dates): encode each distinct value once
+            elif v.dtype.kind == "M":  # ISO dates hold no comma: one call, split
+                tokens.append(orjson.dumps(self._values(v).tolist())[1:-1].split(b","))
+                template.append(b"%b")
+            else:  # strings: encode each distinct value once
                 uniq, inv = np.unique(self._values(v).astype(str), return_inverse=True)
                 enc = np.array([orjson.dumps(u) for u in uniq.tolist()], dtype=object)
                 tokens.append(enc[inv].tolist())
