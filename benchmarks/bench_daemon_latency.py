@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -114,14 +115,16 @@ def main() -> None:
             assert finished(gql, run_id, timeout=300) == "SUCCESS", run_id
             stamps = [float(line.split()[1]) for line in acks.read_text().splitlines()] if acks.exists() else []
             after = [s for s in stamps if s >= float(tick["timestamp"])]
-            assert after, f"no broker acknowledgement recorded after the tick for {ds}"
             start = gql("""query($r: ID!) { runOrError(runId: $r) { ... on Run { startTime } } }""",
                         r=run_id)["runOrError"]["startTime"]
-            rows.append({"d": ds, "latency_s": min(after) - float(tick["timestamp"]), "acks": len(after),
+            # a night whose approvals are all held for review or vetoed submits nothing: no ack to time
+            rows.append({"d": ds, "latency_s": (min(after) - float(tick["timestamp"])) if after else None,
+                         "acks": len(after),
                          "to_start_s": float(start) - float(tick["timestamp"])})
             acks.unlink(missing_ok=True)
             print(rows[-1], flush=True)
-    lat = np.array([r["latency_s"] for r in rows])
+    lat = np.array([r["latency_s"] for r in rows if r["latency_s"] is not None])
+    start_lat = np.array([r["to_start_s"] for r in rows])
     lines = [
         "## Sensor tick → first broker acknowledgement through the daemon",
         "",
@@ -132,14 +135,18 @@ def main() -> None:
         "",
         "| session D | tick → run worker started (s) | tick → first acknowledgement (s) | acknowledgements |",
         "|---|---:|---:|---:|",
-        *[f"| {r['d']} | {r['to_start_s']:.1f} | {r['latency_s']:.1f} | {r['acks']} |" for r in rows],
+        *[f"| {r['d']} | {r['to_start_s']:.1f} | "
+          f"{'no orders' if r['latency_s'] is None else format(r['latency_s'], '.1f')} | {r['acks']} |" for r in rows],
         "",
-        f"Median {np.median(lat):.1f} s, p95 {np.percentile(lat, 95):.1f} s over {len(lat)} ticks.",
+        f"Tick → first acknowledgement: median {np.median(lat):.1f} s, p95 {np.percentile(lat, 95):.1f} s over "
+        f"{len(lat)} ticks that submitted orders; tick → run worker started: median "
+        f"{np.median(start_lat):.1f} s, p95 {np.percentile(start_lat, 95):.1f} s over {len(start_lat)} ticks.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
