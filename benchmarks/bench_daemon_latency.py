@@ -133,13 +133,13 @@ def main() -> None:
         f"{'PostgreSQL' if os.environ.get('AIS_TEST_POSTGRES_URL') else 'SQLite'}, QueuedRunCoordinator, "
         "simulated market clock, paper broker",
         "",
-        "| session D | tick → run worker started (s) | tick → first acknowledgement (s) | acknowledgements |",
+        "| session D | tick → run started (s) | tick → first acknowledgement (s) | acknowledgements |",
         "|---|---:|---:|---:|",
         *[f"| {r['d']} | {r['to_start_s']:.1f} | "
           f"{'no orders' if r['latency_s'] is None else format(r['latency_s'], '.1f')} | {r['acks']} |" for r in rows],
         "",
         f"Tick → first acknowledgement: median {np.median(lat):.1f} s, p95 {np.percentile(lat, 95):.1f} s over "
-        f"{len(lat)} ticks that submitted orders; tick → run worker started: median "
+        f"{len(lat)} ticks that submitted orders; tick → run started: median "
         f"{np.median(start_lat):.1f} s, p95 {np.percentile(start_lat, 95):.1f} s over {len(start_lat)} ticks.",
     ]
     text = "\n".join(lines) + "\n"
