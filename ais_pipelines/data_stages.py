@@ -27,7 +27,7 @@ from ais_pipelines.warehouse import (
     read_table,
     replace_partition,
     table_exists,
-    upsert_bars,
+    upsert_staged_bars,
 )
 
 STAGING_TABLE = "staging_bars"
@@ -75,11 +75,8 @@ def store_ingestion(con, outcome: IngestionOutcome, run_id: str, end: date,
 
 def promote_staged_bars(con, fallback_run_id: str) -> tuple[UpsertStats, pd.DataFrame, int]:
     """Upsert the staged bars into ``bars`` (never deletes); the stored summary per class."""
-    staged = read_table(con, STAGING_TABLE)
-    if not staged.empty:
-        staged["date"] = pd.to_datetime(staged["date"]).astype("datetime64[ns]")
-    run_id = str(staged["run_id"].iloc[0]) if not staged.empty else fallback_run_id
-    stats = upsert_bars(con, staged.drop(columns=["run_id"], errors="ignore"), run_id)
+    # issue 15: upserted inside DuckDB (store_ingestion stamps every staged row with one run id)
+    stats = upsert_staged_bars(con, STAGING_TABLE)
     summary = con.execute(
         "SELECT asset_class, count(DISTINCT symbol) AS symbols, count(*) AS rows, "
         "min(date)::DATE AS first, max(date)::DATE AS last FROM bars GROUP BY 1 ORDER BY 1"

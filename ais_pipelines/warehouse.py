@@ -68,26 +68,45 @@ def upsert_bars(con: duckdb.DuckDBPyConnection, bars: pd.DataFrame, run_id: str)
     incoming = bars[BAR_COLUMNS].assign(run_id=run_id)
     con.register("incoming_bars", incoming)
     try:
+        return _upsert_from(con, "incoming_bars")
+    finally:
+        con.unregister("incoming_bars")
+
+
+def upsert_staged_bars(con: duckdb.DuckDBPyConnection, staging_table: str) -> UpsertStats:
+    """``upsert_bars`` of a staging table (``BAR_COLUMNS`` + ``run_id``) inside DuckDB: the same
+    rows and counts without a round trip through pandas (2.5 M rows at 2,000 symbols)."""
+    ensure_bars_table(con)
+    if not table_exists(con, staging_table) or not int(fetch_one(con, f'SELECT count(*) FROM "{staging_table}"')[0]):
+        return UpsertStats(0, 0, 0)
+    cols = ", ".join("date::TIMESTAMP AS date" if c == "date" else c for c in BAR_COLUMNS)
+    con.execute(f'CREATE OR REPLACE TEMP VIEW incoming_staged AS SELECT {cols}, run_id FROM "{staging_table}"')
+    try:
+        return _upsert_from(con, "incoming_staged")
+    finally:
+        con.execute("DROP VIEW IF EXISTS incoming_staged")
+
+
+def _upsert_from(con: duckdb.DuckDBPyConnection, source: str) -> UpsertStats:
+    try:
         con.execute("BEGIN TRANSACTION")
         inserted, updated, unchanged = fetch_one(
             con,
-            """
+            f"""
             SELECT
               count(*) FILTER (WHERE b.symbol IS NULL),
               count(*) FILTER (WHERE b.symbol IS NOT NULL AND (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
                                  IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close)),
               count(*) FILTER (WHERE b.symbol IS NOT NULL AND (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
                                  IS NOT DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close))
-            FROM incoming_bars i LEFT JOIN bars b ON b.symbol = i.symbol AND b.date = i.date
+            FROM {source} i LEFT JOIN bars b ON b.symbol = i.symbol AND b.date = i.date
             """,
         )
-        con.execute("INSERT OR REPLACE INTO bars BY NAME SELECT * FROM incoming_bars")
+        con.execute(f"INSERT OR REPLACE INTO bars BY NAME SELECT * FROM {source}")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-    finally:
-        con.unregister("incoming_bars")
     return UpsertStats(int(inserted), int(updated), int(unchanged))
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
+import numpy as np
 import pandas as pd
 
 from ais_pipelines.core.asset_classes import AssetClass
@@ -91,6 +93,94 @@ class FetchResult:
     frame: pd.DataFrame
     raw: Any
     lineage: dict[str, Any] = field(default_factory=dict)
+
+
+class RawRecords(Sequence[dict[str, Any]]):
+    """A response that is a list of flat JSON records (``[{"symbol": .., "date": .., ..}, ..]``),
+    held as columns. One Python dict per bar was most of ingestion's time and memory at scale
+    (2.5 M bars at 2,000 symbols); :meth:`to_json` writes exactly the bytes ``orjson.dumps`` of
+    :meth:`to_records` would, without building them.
+
+    ``columns``: name → a numpy array (all the same length: float, int, bool, str, or
+    datetime64 — written as its ISO calendar date, for session-labelled bars) or a scalar
+    ``str``/``int``/``float`` shared by every record. Key order is the mapping's order. Arrays
+    are held, not copied (views of the provider's frame).
+    """
+
+    __slots__ = ("_columns", "_n")
+
+    def __init__(self, columns: Mapping[str, Any]) -> None:
+        lengths = {len(v) for v in columns.values() if isinstance(v, np.ndarray)}
+        if len(lengths) != 1:
+            raise ValueError("RawRecords needs at least one array column, all of one length")
+        self._columns = dict(columns)
+        self._n = lengths.pop()
+
+    @staticmethod
+    def _values(v: np.ndarray) -> np.ndarray:
+        return np.datetime_as_string(v, unit="D") if v.dtype.kind == "M" else v
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        i %= self._n
+        return {k: (self._values(v[i : i + 1])[0].item() if isinstance(v, np.ndarray) else v)
+                for k, v in self._columns.items()}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.to_records())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RawRecords):
+            other = other.to_records()
+        return isinstance(other, list) and self.to_records() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The records as plain dicts (tests and small consumers; the archive uses ``to_json``)."""
+        cols = {k: (self._values(v).tolist() if isinstance(v, np.ndarray) else [v] * self._n)
+                for k, v in self._columns.items()}
+        return [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+
+    def to_json(self) -> bytes:
+        """``orjson.dumps(self.to_records())``, built from one orjson call per column."""
+        import orjson
+
+        if self._n == 0:
+            return b"[]"
+        template: list[bytes] = []
+        tokens: list[list[bytes]] = []
+        for k, v in self._columns.items():
+            template.append(orjson.dumps(k).replace(b"%", b"%%") + b":")
+            if not isinstance(v, np.ndarray):
+                template.append(orjson.dumps(v).replace(b"%", b"%%"))
+            elif v.dtype.kind in "fiub":
+                # numpy numbers serialise exactly as the equal Python floats/ints; no commas inside
+                tokens.append(orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b","))
+                template.append(b"%b")
+            elif v.dtype.kind == "M":  # ISO dates hold no comma: one call, split
+                tokens.append(orjson.dumps(self._values(v).tolist())[1:-1].split(b","))
+                template.append(b"%b")
+            else:  # strings: encode each distinct value once
+                uniq, inv = np.unique(self._values(v).astype(str), return_inverse=True)
+                enc = np.array([orjson.dumps(u) for u in uniq.tolist()], dtype=object)
+                tokens.append(enc[inv].tolist())
+                template.append(b"%b")
+            template.append(b",")
+        row = b"{" + b"".join(template[:-1]) + b"}"
+        if not tokens:
+            return b"[" + b",".join([row.replace(b"%%", b"%")] * self._n) + b"]"
+        return b"[" + b",".join(map(row.__mod__, zip(*tokens, strict=True))) + b"]"
 
 
 class HistoryProvider(Protocol):

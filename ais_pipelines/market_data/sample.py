@@ -68,6 +68,7 @@ from ais_pipelines.market_data.base import (
     FetchResult,
     InstrumentRequest,
     ProviderEmptyError,
+    RawRecords,
 )
 
 __all__ = [
@@ -1013,28 +1014,24 @@ class SampleProvider:
             raise ProviderEmptyError(f"sample market has no symbol {request.symbol!r}", provider=self.name)
         full = bars[request.symbol]
         lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-        frame = full[(full["date"] >= lo) & (full["date"] <= hi)].reset_index(drop=True)
+        d = full["date"].to_numpy()
+        if len(d) < 2 or bool((d[1:] >= d[:-1]).all()):  # sorted by date (always, bar defects): slice
+            frame = full.iloc[np.searchsorted(d, lo.to_datetime64(), "left"):
+                              np.searchsorted(d, hi.to_datetime64(), "right")].reset_index(drop=True)
+        else:
+            frame = full[(full["date"] >= lo) & (full["date"] <= hi)].reset_index(drop=True)
         if frame.empty:
             raise ProviderEmptyError(
                 f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
                 provider=self.name,
             )
-        raw = [
-            {
-                "symbol": request.symbol,
-                "date": d.date().isoformat(),
-                "open": float(o),
-                "high": float(h),
-                "low": float(lw),
-                "close": float(c),
-                "volume": int(v),
-                "adj_close": float(a),
-            }
-            for d, o, h, lw, c, v, a in zip(
-                frame["date"], frame["open"], frame["high"], frame["low"], frame["close"],
-                frame["volume"], frame["adj_close"], strict=True,
-            )
-        ]  # fmt: skip
+        # The "response as received" is the records of this slice, held as columns (RawRecords).
+        raw = RawRecords({
+            "symbol": request.symbol,
+            "date": frame["date"].to_numpy(dtype="datetime64[ns]"),
+            **{c: frame[c].to_numpy(dtype=np.int64 if c == "volume" else np.float64)
+               for c in ("open", "high", "low", "close", "volume", "adj_close")},
+        })
         return FetchResult(
             symbol=request.symbol, provider=self.name, frame=frame, raw=raw, lineage=self._lineage(inst)
         )

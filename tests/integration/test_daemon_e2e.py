@@ -3,7 +3,9 @@ through dagster-webserver's GraphQL API.
 
 One code server, one daemon, one webserver (each its own process group, killed by PID), a
 fresh instance (SQLite; PostgreSQL when ``AIS_TEST_POSTGRES_URL`` is set) and the simulated
-market clock on the session after D (D = today in New York, the sample market ending on it):
+market clock fixed in the session after D (D = the last XNYS session on or before today in New
+York, the sample market ending on it). The schedule derives D from that fixed clock, not from
+the wall-clock day, so the test runs on weekends and holidays too:
 
 1. the nightly schedule (test cron: every minute) launches ``nightly_job`` for D by itself;
 2. a failing evaluation of ``proposals_respect_risk_state`` is planted for D: the running
@@ -28,6 +30,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from datetime import time as dtime
 from pathlib import Path
@@ -39,7 +42,7 @@ import pytest
 import yaml
 
 from ais_pipelines.config import DEFAULT_POLICIES_DIR
-from ais_pipelines.core.calendars import is_session, last_n_sessions, sessions_between
+from ais_pipelines.core.calendars import last_n_sessions, sessions_between
 
 pytestmark = [pytest.mark.daemon, pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -125,16 +128,21 @@ def _policies(root: Path, d: pd.Timestamp) -> Path:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    today = datetime.now(NY).date()
-    if not is_session("XNYS", today):
-        pytest.skip(f"{today} is not an XNYS session: the nightly schedule has nothing to run today")
-    d = pd.Timestamp(today)
+    d = last_n_sessions("XNYS", datetime.now(NY).date(), 1)[0]  # any wall-clock day: never skips
     nxt = sessions_between("XNYS", d + pd.Timedelta(days=1), d + pd.Timedelta(days=10))[0]
     now = datetime.combine(nxt.date(), dtime(10, 30), NY)  # simulated clock: an hour into D+1
+    with daemon_service(tmp_path, d, now) as svc:
+        yield svc
 
+
+@contextmanager
+def daemon_service(root: Path, d: pd.Timestamp, now: datetime | None,
+                   extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Code server, daemon and webserver on a fresh instance under ``root``, the sample market
+    ending on ``d``, models fitted; ``now``: the fixed market clock (None: the simulated one).
+    Also used by ``benchmarks/bench_daemon_latency.py``."""
     from ais_pipelines.core.approvals import generate_dev_key_file
 
-    root = tmp_path
     home = root / "dagster_home"
     home.mkdir()
     runtime = root / "runtime"
@@ -144,10 +152,12 @@ def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIS_", "DAGSTER_"))}
     env.update({
         "DAGSTER_HOME": str(home), "AIS_RUNTIME_DIR": str(runtime), "AIS_POLICIES_DIR": str(_policies(root, d)),
-        "AIS_ENV": "ci", "AIS_EXECUTION_NOW": now.isoformat(), "AIS_APPROVAL_KEY_FILE": str(key),
+        "AIS_ENV": "ci", "AIS_APPROVAL_KEY_FILE": str(key),
         "DAGSTER_DISABLE_TELEMETRY": "true", "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "GX_ANALYTICS_ENABLED": "false",
+        "GX_ANALYTICS_ENABLED": "false", **(extra_env or {}),
     })
+    if now is not None:
+        env["AIS_EXECUTION_NOW"] = now.isoformat()
     instance_cfg: dict[str, Any] = {
         "telemetry": {"enabled": False},
         "concurrency": {"pools": {"default_limit": 1}},

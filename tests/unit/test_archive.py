@@ -45,3 +45,37 @@ def test_archive_non_finite_is_null_and_huge_ints_fall_back(tmp_path: Path) -> N
     assert body["response"]["big"] == 2**70  # beyond 64 bits: the standard-library path
     res = FetchResult(symbol="Y", provider="files", frame=pd.DataFrame(), raw={"close": float("nan"), "v": 1.5})
     assert _read(archive_raw(tmp_path, res))["response"] == {"close": None, "v": 1.5}
+
+
+def test_columnar_records_archive_equals_the_per_row_dicts(tmp_path: Path) -> None:
+    """The sample market's columnar response (RawRecords) archives to exactly the bytes of the
+    old path: one dict per bar, encoded by orjson (the reference), with defects planted."""
+    import orjson
+
+    from ais_pipelines.core.asset_classes import AssetClass
+    from ais_pipelines.market_data.base import InstrumentRequest, RawRecords
+    from ais_pipelines.market_data.sample import SampleDefect, SampleInstrument, SampleProvider
+
+    insts = [SampleInstrument("AAPL", AssetClass.STOCKS, "Information Technology"),
+             SampleInstrument("BTC-USD", AssetClass.CRYPTO, "Digital Assets")]
+    provider = SampleProvider(insts, date(2026, 11, 20), 300,
+                              defects=[SampleDefect("AAPL", "return_spike"), SampleDefect("AAPL", "non_positive"), SampleDefect("AAPL", "duplicate_dates"), SampleDefect("BTC-USD", "stale")])
+    for inst in insts:
+        res = provider.fetch_daily_bars(InstrumentRequest(inst.symbol, inst.asset_class), date(2025, 1, 1),
+                                        date(2026, 11, 20))
+        f = res.frame
+        old = [{"symbol": inst.symbol, "date": d.date().isoformat(), "open": float(o), "high": float(h),
+                "low": float(lw), "close": float(c), "volume": int(v), "adj_close": float(a)}
+               for d, o, h, lw, c, v, a in zip(f["date"], f["open"], f["high"], f["low"], f["close"],
+                                               f["volume"], f["adj_close"], strict=True)]
+        assert isinstance(res.raw, RawRecords) and res.raw == old and res.raw[-1] == old[-1]
+        assert res.raw.to_json() == orjson.dumps(old)
+        path = archive_raw(tmp_path, res)
+        with gzip.open(path, "rb") as fh:
+            written = fh.read()
+        as_dicts = FetchResult(symbol=res.symbol, provider=res.provider, frame=f, raw=old, lineage=res.lineage)
+        with gzip.open(archive_raw(tmp_path / "old", as_dicts), "rb") as fh:
+            assert written == fh.read()
+    odd = RawRecords({"k%s": np.array([1.5, float("nan")]), "s": np.array(['a"%b', "é"]), "c": "x%y", "n": 3})
+    assert odd.to_json() == orjson.dumps(odd.to_records())
+    assert RawRecords({"a": np.array([], dtype=float)}).to_json() == b"[]"

@@ -61,3 +61,25 @@ def test_one_read_per_run_and_fresh_after_a_write_or_a_new_run(con, monkeypatch)
     got = bars_cache.run_bars(con, "run-2")
     got.loc[:, "close"] = -1.0
     assert (bars_cache.run_bars(con, "run-2")["close"] > 0).all()
+
+
+def test_staged_upsert_in_duckdb_equals_the_pandas_upsert(tmp_path: Path) -> None:
+    """promote_staged_bars upserts the staging table inside DuckDB (issue 15); the reference is
+    upsert_bars of the same frame: same counts night after night and the same stored table."""
+    from ais_pipelines.data_stages import STAGING_TABLE
+    from ais_pipelines.warehouse import upsert_staged_bars
+
+    ref, new = duckdb.connect(str(tmp_path / "ref.duckdb")), duckdb.connect(str(tmp_path / "new.duckdb"))
+    assert upsert_staged_bars(new, STAGING_TABLE) == upsert_bars(ref, _bars([], pd.DatetimeIndex([])), "r0")
+    night1 = _bars(["MSFT", "AAPL"], pd.bdate_range("2024-01-01", periods=20))
+    night2 = _bars(["MSFT", "NVDA"], pd.bdate_range("2024-01-15", periods=20))
+    night2.loc[night2.index[:3], "close"] += 0.5  # three restated bars: updated, not inserted
+    for k, night in enumerate([night1, night2, night2], start=1):
+        new.register("s", night.assign(run_id=f"r{k}"))
+        new.execute(f"CREATE OR REPLACE TABLE {STAGING_TABLE} AS SELECT * FROM s")
+        new.unregister("s")
+        got, want = upsert_staged_bars(new, STAGING_TABLE), upsert_bars(ref, night, f"r{k}")
+        assert got == want
+    assert (got.inserted, got.updated, got.unchanged) == (0, 0, 20 * 2)
+    q = "SELECT * FROM bars ORDER BY symbol, date"
+    pd.testing.assert_frame_equal(new.execute(q).df(), ref.execute(q).df())

@@ -449,7 +449,7 @@ def test_provider_fetch_slice_raw_and_lineage(mixed: pd.DataFrame) -> None:
     )
     expected = mixed[(mixed["symbol"] == "AAPL") & mixed["date"].between("2026-01-01", "2026-03-31")]
     pd.testing.assert_frame_equal(res.frame, expected.reset_index(drop=True))
-    json.dumps(res.raw)
+    json.dumps(res.raw.to_records())
     assert len(res.raw) == len(res.frame)
     assert res.raw[0]["date"] == res.frame["date"].iloc[0].date().isoformat()
     assert res.raw[-1]["close"] == res.frame["close"].iloc[-1]
