@@ -23,9 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ais_pipelines.config import Permission, Policies, PolicyFileError
 from ais_pipelines.core import trading_state as ts
@@ -34,9 +32,13 @@ from ais_pipelines.core.approvals import ApprovalError
 from ais_pipelines.core.audit import AuditChain, VerifyResult, verify_store
 from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.trading_state import TradingMode, TradingStateError, TradingStatus
-from ais_pipelines.execution import ApprovedOrder, audit_or_halt, sign_order
 from ais_pipelines.ledger.store import LedgerStore, ReviewDecisionError, ReviewItem, SqlAuditStore
-from ais_pipelines.oms.oms import OrderManagementSystem, OrderRefusedError, OrderResult
+
+if TYPE_CHECKING:  # pandas, the execution module and the OMS load only where used (CLI speed)
+    import pandas as pd
+
+    from ais_pipelines.execution import ApprovedOrder
+    from ais_pipelines.oms.oms import OrderManagementSystem, OrderResult
 
 ACTIONS = ("kill_switch", "pause", "resume", "deleverage")
 REVIEW_DECISIONS = ("APPROVE", "REJECT")
@@ -98,6 +100,8 @@ def change_trading_state(
     which halts anyway); the audit record names ``from``/``to``/``why``. ``resume`` needs the
     ``resume`` permission, or ``release`` when the book is HALTED (see :func:`authorize`).
     """
+    from ais_pipelines.execution import audit_or_halt
+
     if action not in ACTIONS:
         raise ControlError(f"action must be one of {ACTIONS}, got {action!r}", (ReasonCode.USAGE_ERROR,))
     actor, why = _who(actor, why)
@@ -139,6 +143,8 @@ def change_trading_state(
 
 
 def list_reviews(ledger: LedgerStore, status: str | None = "PENDING") -> pd.DataFrame:
+    import pandas as pd
+
     rows = [
         {
             "item_id": r.item_id,
@@ -181,6 +187,7 @@ def reject_review(
     actor, why = _who(actor, why)
     actor = authorize(policies, actor, "reject")
     _pending(ledger, item_id)
+    from ais_pipelines.execution import audit_or_halt  # only once there is something to decide
     try:
         item = ledger.decide_review(item_id, approve=False, actor=actor, why=why, now=now)
     except ReviewDecisionError as exc:
@@ -219,6 +226,9 @@ def approve_review(
     and the item stays PENDING (e.g. retry once the market opens). The fresh approval signs the
     queued payload plus who approved it, so it is a new intent with its own idempotency key.
     """
+    from ais_pipelines.execution import audit_or_halt, sign_order
+    from ais_pipelines.oms.oms import OrderRefusedError
+
     actor, why = _who(actor, why)
     actor = authorize(policies, actor, "approve")
     item = _pending(ledger, item_id)
@@ -285,6 +295,7 @@ def approve_item(
     import duckdb
 
     from ais_pipelines import execution as ex
+    from ais_pipelines.oms.oms import OrderManagementSystem
     from ais_pipelines.trading_env import open_trading_session
     from ais_pipelines.warehouse import read_table
 

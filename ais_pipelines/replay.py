@@ -250,7 +250,8 @@ class WindowedHistory:
         key = request.symbol
         if key not in self._full:
             try:
-                self._full[key] = self.provider.fetch_daily_bars(request, date(1900, 1, 1), date(2999, 12, 31))
+                # Whole history; bounds inside datetime64[ns] (1677–2262), the bars' own unit.
+                self._full[key] = self.provider.fetch_daily_bars(request, date(1900, 1, 1), date(2200, 12, 31))
             except ProviderError as exc:
                 self._full[key] = exc
         return self._full[key]

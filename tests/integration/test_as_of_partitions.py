@@ -136,6 +136,7 @@ def test_sessions_of_the_calendars_decide_the_cli_and_the_schedules() -> None:
 def test_the_nightly_schedule_runs_on_the_universes_sessions(policies_dir: Path) -> None:
     from zoneinfo import ZoneInfo
 
+    from resources.trading import ExecutionClockResource
     from sensors.schedules import nightly_schedule
 
     pol = _universe(policies_dir, [{"symbol": "VOD", "asset_class": "STOCKS", "calendar": "XLON"}])
@@ -143,7 +144,8 @@ def test_the_nightly_schedule_runs_on_the_universes_sessions(policies_dir: Path)
     ny = ZoneInfo("America/New_York")
 
     def tick(day: int) -> dg.RunRequest | dg.SkipReason:
-        return sched(dg.build_schedule_context(scheduled_execution_time=datetime(2013, 8, day, 18, 30, tzinfo=ny)))
+        return sched(dg.build_schedule_context(scheduled_execution_time=datetime(2013, 8, day, 18, 30, tzinfo=ny),
+                                               resources={"execution_clock": ExecutionClockResource(mode="simulated")}))
 
     assert isinstance(tick(26), dg.SkipReason)  # UK summer bank holiday (NYSE open): London closed nothing
     assert tick(27).partition_key == "2013-08-27"

@@ -31,7 +31,7 @@ def test_fixed_clock_names_the_session_before_its_morning_on_any_wall_clock_day(
 
 def test_wall_clock_day_without_a_fixed_clock() -> None:
     assert nightly_session(datetime(2026, 12, 1, 18, 0, tzinfo=NY), "America/New_York") == date(2026, 12, 1)
-    assert "not an XNYS session" in str(nightly_session(datetime(2026, 11, 28, 18, 0, tzinfo=NY), "America/New_York"))
+    assert "is not a session of XNYS" in str(nightly_session(datetime(2026, 11, 28, 18, 0, tzinfo=NY), "America/New_York"))
 
 
 def test_schedule_evaluation_uses_the_execution_clock_resource() -> None:
@@ -43,4 +43,4 @@ def test_schedule_evaluation_uses_the_execution_clock_resource() -> None:
     assert isinstance(req, dg.RunRequest) and req.partition_key == "2026-11-27"
     sim = ExecutionClockResource(mode="simulated")
     skip = sched(dg.build_schedule_context(scheduled_execution_time=saturday, resources={"execution_clock": sim}))
-    assert isinstance(skip, dg.SkipReason) and "not an XNYS session" in str(skip.skip_message)
+    assert isinstance(skip, dg.SkipReason) and "is not a session of XNYS" in str(skip.skip_message)
