@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from functools import cached_property
 from pathlib import Path
@@ -753,38 +753,27 @@ class Policies:
         return errors
 
     def _version_problems(self, names: Iterable[str]) -> list[PolicyFileError]:
-        """Each kept version (``versions/<stem>/*.yaml``) of ``names``, validated like the file."""
+        """Each kept version (``versions/<stem>/*.yaml``) of ``names`` and of the rule files
+        (pre_trade.yaml, vetoes.yaml), validated like the file itself."""
         from typing import get_type_hints
 
-        from ais_pipelines.policy_versions import version_files, versions
-
-        out: list[PolicyFileError] = []
-        for name in names:
-            path = self.universe_file if name == "universe" else self.path(f"{name}.yaml")
-            kept = version_files(path)
-            if not kept:
-                continue
-            model = get_type_hints(getattr(Policies, name).func)["return"]
-            try:
-                versions(path)
-            except PolicyFileError as exc:
-                out.append(exc)
-            for file in kept:
-                try:
-                    load_policy_file(file, model)
-                except PolicyFileError as exc:
-                    out.append(exc)
-        out += self._rule_version_problems()
-        return out
-
-    def _rule_version_problems(self) -> list[PolicyFileError]:
-        """Kept versions of the rule files (pre_trade.yaml, vetoes.yaml), validated as rule sets."""
         from ais_pipelines.core.policy import SHIPPED_POLICY_FILES, PolicyError, load_policy
         from ais_pipelines.policy_versions import version_files, versions
 
+        def as_model(name: str) -> Callable[[Path], object]:
+            model = get_type_hints(getattr(Policies, name).func)["return"]
+            return lambda file: load_policy_file(file, model)
+
+        def as_rules(file: Path) -> object:
+            try:
+                return load_policy(file)
+            except PolicyError as exc:
+                raise _from_policy_error(exc, file) from exc
+
+        checks = [(self.universe_file if n == "universe" else self.path(f"{n}.yaml"), as_model(n)) for n in names]
+        checks += [(self.path(n), as_rules) for n in SHIPPED_POLICY_FILES]
         out: list[PolicyFileError] = []
-        for name in SHIPPED_POLICY_FILES:
-            path = self.path(name)
+        for path, check in checks:
             kept = version_files(path)
             if not kept:
                 continue
@@ -794,9 +783,9 @@ class Policies:
                 out.append(exc)
             for file in kept:
                 try:
-                    load_policy(file)
-                except PolicyError as exc:
-                    out.append(_from_policy_error(exc, file))
+                    check(file)
+                except PolicyFileError as exc:
+                    out.append(exc)
         return out
 
     def _cross_file_problems(self, loaded: set[str]) -> list[PolicyFileError]:
