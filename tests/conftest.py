@@ -46,3 +46,16 @@ def runtime_root(tmp_path: Path) -> Path:
     d = tmp_path / "runtime"
     d.mkdir()
     return d
+
+
+# The longest files first: with two xdist workers (``make test``) the suite ends when its longest
+# file does, so the demo and the daemon run must not be the last ones handed out.
+LONGEST_FIRST = ("tests/e2e/test_demo_output.py", "tests/integration/test_daemon_e2e.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other test keeps its order
