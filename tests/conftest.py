@@ -48,8 +48,9 @@ def runtime_root(tmp_path: Path) -> Path:
     return d
 
 
-# The longest files first: with two xdist workers (``make test``) the suite ends when its longest
-# file does, so the demo and the daemon run must not be the last ones handed out.
+# The longest files first: with two xdist workers (``make test`` hands files out in collection
+# order, --no-loadscope-reorder) the suite ends when its longest file does, so the demo and the
+# daemon run must not be the last ones handed out (by default xdist hands out big files first).
 LONGEST_FIRST = ("tests/e2e/test_demo_output.py", "tests/integration/test_daemon_e2e.py")
 
 
