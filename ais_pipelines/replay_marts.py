@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-DBT_DIR = Path(__file__).resolve().parents[1] / "dbt"
+from ais_pipelines.dbt_cli import DBT_DIR, dbt_executable
+
 REPLAY_SCHEMA = "replay"
 
 
@@ -26,17 +26,12 @@ class MartsResult:
     log: Path
 
 
-def dbt_executable() -> str:
-    here = Path(sys.executable).parent / "dbt"
-    return str(here) if here.exists() else "dbt"
-
-
 def build_replay_marts(out: Path, timeout_s: float = 600.0) -> MartsResult:
     """Build the replay marts into schema ``replay`` of ``out/warehouse.duckdb``."""
     out = Path(out).resolve()
     log = out / "dbt_logs" / "dbt_build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    dbt_vars = {"replay_marts": True, "warehouse_path": str(out / "warehouse.duckdb")}
+    dbt_vars = {"replay_marts": True}  # the warehouse comes from AIS_WAREHOUSE (the profile reads it)
     cmd = [dbt_executable(), "build", "--select", "tag:replay", "--vars", json.dumps(dbt_vars),
            "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
            "--target-path", str(out / "dbt_target"), "--log-path", str(out / "dbt_logs")]

@@ -20,7 +20,6 @@ import importlib.metadata
 import math
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from dagster_duckdb import DuckDBResource
 from sqlalchemy.engine import make_url
 
 from ais_pipelines.config import REPO_ROOT
+from ais_pipelines.dbt_cli import dbt_executable
 from ais_pipelines.reports.ledger_copy import LEDGER_TABLES, copy_ledger_to_warehouse, ledger_read_engine
 from assets._common import ui_table
 from assets.intelligence import model_decay_metrics, regime_probabilities, strategy_lifecycle
@@ -166,13 +166,6 @@ class AisDbtTranslator(DagsterDbtTranslator):
             return None
         schema = (dbt_resource_props.get("config") or {}).get("schema")
         return DBT_STAGING_GROUP if schema == "staging" else REPORTING_GROUP
-
-
-def dbt_executable() -> str:
-    """The dbt of this environment (next to the interpreter), so a code server started without
-    the virtualenv on PATH still finds it."""
-    here = Path(sys.executable).parent / "dbt"
-    return str(here) if here.exists() else "dbt"
 
 
 class LeanDbtCliResource(DbtCliResource):
