@@ -288,13 +288,19 @@ def main() -> None:
     import sys
 
     from ais_pipelines.cli_errors import run_cli
-    from ais_pipelines.runtime_files import private_dir, private_umask, runtime_dir_is_ours
+    from ais_pipelines.runtime_files import (
+        private_dir,
+        private_umask,
+        runtime_dir_is_ours,
+        use_calendar_cache,
+    )
 
     private_umask()
     from ais_pipelines.cli_support import quiet_library_warnings
 
     quiet_library_warnings()  # Dagster's preview/beta notices on every import of the code location
     root = runtime_dir()
+    use_calendar_cache(root)
     if runtime_dir_is_ours(root):  # created by `make setup` before this process: owner-only too
         private_dir(root)
     sys.exit(run_cli(app))

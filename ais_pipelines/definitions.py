@@ -55,7 +55,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     from assets import partitions as as_of_partitions
 
     as_of_partitions.bind(as_of_calendars(Policies().universe))
-    from ais_pipelines.runtime_files import private_umask
+    from ais_pipelines.runtime_files import private_umask, use_calendar_cache
     from assets import (
         control,
         execution,
@@ -75,6 +75,7 @@ def build_definitions(env: str | None = None, runtime_root: str | None = None) -
     env = env or os.environ.get("AIS_ENV", "local")
     root = runtime_root or os.environ.get("AIS_RUNTIME_DIR", "runtime")
     private_umask()  # ledger, warehouse, raw archive, keys: owner-only in every process of the location
+    use_calendar_cache(root)  # sensors and intraday steps read the session tables, not a built calendar
     policies = Policies()
 
     asset_modules = [ingestion, quality, intelligence, portfolio, execution, reasoning, macro]  # last 2: issue 16

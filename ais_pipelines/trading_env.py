@@ -122,12 +122,9 @@ class SigningKey(_Fails, BaseModel):
 def session_after(as_of: date | str, calendar: str = "XNYS") -> pd.Timestamp:
     import pandas as pd
 
-    from ais_pipelines.core.calendars import get_calendar
+    from ais_pipelines.core.calendars import session_table
 
-    cal = get_calendar(calendar)
-    day = pd.Timestamp(as_of).normalize()
-    nxt = cal.date_to_session(day, direction="next")
-    return cal.next_session(nxt) if nxt <= day else nxt
+    return session_table(calendar).session_after(pd.Timestamp(as_of))
 
 
 class ExecutionClock(_Fails, BaseModel):
@@ -148,10 +145,9 @@ class ExecutionClock(_Fails, BaseModel):
     calendar: str = "XNYS"
 
     def session_open(self, as_of: date | str) -> datetime:
-        from ais_pipelines.core.calendars import get_calendar
+        from ais_pipelines.core.calendars import session_table
 
-        cal = get_calendar(self.calendar)
-        return cal.session_open(session_after(as_of, self.calendar)).to_pydatetime()
+        return session_table(self.calendar).session_open(session_after(as_of, self.calendar)).to_pydatetime()
 
     def clock(self, as_of: date | str, not_before: datetime | None = None) -> Clock:
         import pandas as pd

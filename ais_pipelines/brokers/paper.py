@@ -39,7 +39,7 @@ from ais_pipelines.brokers.base import (
     OrderType,
 )
 from ais_pipelines.core.asset_classes import classify_symbol
-from ais_pipelines.core.calendars import calendar_name, get_calendar, is_open_at
+from ais_pipelines.core.calendars import calendar_name, is_open_at, session_table
 from ais_pipelines.core.clock import Clock, ensure_utc
 from ais_pipelines.core.impact import impact_estimate
 from ais_pipelines.core.order_states import OPEN_STATES, OrderState
@@ -155,13 +155,11 @@ class PaperBroker:
         return is_open_at(self.calendar_for(symbol), pd.Timestamp(now))
 
     def _session_close(self, symbol: str, now: datetime) -> datetime | None:
-        cal = get_calendar(self.calendar_for(symbol))
-        minute = pd.Timestamp(now).tz_convert("UTC").floor("min")
         try:
-            session = cal.minute_to_session(minute, direction="none")
+            close = session_table(self.calendar_for(symbol)).session_close_at(pd.Timestamp(now))
         except ValueError:
             return None
-        return cal.session_close(session).to_pydatetime()
+        return None if close is None else close.to_pydatetime()
 
     def _impact_bps(self, symbol: str, quote: Quote, qty: float) -> float | None:
         """§H1 total impact in bps for ``qty`` of ``symbol`` at this quote; ``None`` if not computable."""
