@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ais_pipelines.core.actors import SERVICE_ACTORS, ActorNotAuthorizedError, normalize_actor
 from ais_pipelines.core.asset_classes import AssetClass, classify_symbol
-from ais_pipelines.core.calendars import DEFAULT_CALENDARS, calendar_name, known_calendar_names
+from ais_pipelines.core.calendar_names import DEFAULT_CALENDARS, calendar_name, known_calendar_names
 from ais_pipelines.core.reason_codes import ReasonCode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -17,18 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ais_pipelines.core.asset_classes import AssetClass
+# Re-exported: their home is calendar_names (no pandas, for the policy loader).
+from ais_pipelines.core.calendar_names import DEFAULT_CALENDARS as DEFAULT_CALENDARS
+from ais_pipelines.core.calendar_names import calendar_name as calendar_name
+from ais_pipelines.core.calendar_names import known_calendar_names as known_calendar_names
 
 if TYPE_CHECKING:  # exchange_calendars takes seconds to import: only where a calendar is used
     import exchange_calendars as xcals
-
-# Default calendar per asset class; policies/universe.yaml may override per class or symbol.
-DEFAULT_CALENDARS: dict[AssetClass, str] = {
-    AssetClass.STOCKS: "XNYS",
-    AssetClass.FX: "24/5",
-    AssetClass.CRYPTO: "24/7",
-    AssetClass.COMMODITIES: "XNYS",  # commodity exposure is traded through NYSE-listed ETFs
-}
 
 
 @lru_cache(maxsize=32)
@@ -42,18 +37,6 @@ def get_calendar(name: str) -> xcals.ExchangeCalendar:
     start, end = pd.Timestamp("1990-01-01"), pd.Timestamp(f"{date.today().year + 2}-12-31")
     return xcals.get_calendar(name, start=max(start, low) if low is not None else start,
                               end=min(end, high) if high is not None else end)
-
-
-@lru_cache(maxsize=1)
-def known_calendar_names() -> frozenset[str]:
-    """Every name ``exchange_calendars`` resolves (canonical names and aliases, e.g. XNYS, NYSE, 24/7)."""
-    import exchange_calendars as xcals
-
-    return frozenset(xcals.get_calendar_names(include_aliases=True))
-
-
-def calendar_name(asset_class: AssetClass | str, override: str | None = None) -> str:
-    return override or DEFAULT_CALENDARS[AssetClass(asset_class)]
 
 
 def sessions_between(calendar: str, start: date | pd.Timestamp, end: date | pd.Timestamp) -> pd.DatetimeIndex:
