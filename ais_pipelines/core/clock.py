@@ -66,17 +66,11 @@ class SimulatedClock(FixedClock):
         cls, last_bar_session: date | pd.Timestamp, calendar: str = "XNYS", minutes_after_open: int = 30
     ) -> SimulatedClock:
         """A clock ``minutes_after_open`` into the first session after ``last_bar_session``."""
-        import pandas as pd
+        from ais_pipelines.core.calendars import session_table
 
-        from ais_pipelines.core.calendars import get_calendar
-
-        cal = get_calendar(calendar)
-        session = cal.date_to_session(pd.Timestamp(last_bar_session).normalize(), direction="next")
-        if session <= pd.Timestamp(last_bar_session).normalize():
-            session = cal.next_session(session)
-        open_ = cal.session_open(session)  # tz-aware UTC
-        start = open_.to_pydatetime() + timedelta(minutes=minutes_after_open)
-        return cls(start)
+        table = session_table(calendar)
+        open_ = table.session_open(table.session_after(last_bar_session))  # tz-aware UTC
+        return cls(open_.to_pydatetime() + timedelta(minutes=minutes_after_open))
 
 
 class SystemClock:
