@@ -315,3 +315,23 @@ def forget_cached(root: str | Path | None = None) -> None:
     """Drop this process's cached main view(s) (tests; a process that hands the store over)."""
     for key in [k for k in _main_cache if root is None or k == str(Path(root).resolve())]:
         _main_cache.pop(key)[1].con.close()
+
+
+def copy_duckdb_to_parquet(database: str | Path, root: str | Path) -> list[str]:
+    """Every table of a DuckDB warehouse file as the ``main`` files of a Parquet store (moving an
+    environment to the shared store; the table DDL, keys included, goes along). Returns the tables."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(database), read_only=True)
+    try:
+        tables = _tables(con)
+        ddls = dict(con.execute("SELECT table_name, sql FROM duckdb_tables() WHERE schema_name = 'main'").fetchall())
+        with _lock(root.resolve(), exclusive=True):
+            for table in tables:
+                table_dir = root / table
+                table_dir.mkdir(exist_ok=True)
+                _copy_atomic(con, f"SELECT * FROM {_q(table)}", table_dir / "main.parquet")
+                _write_atomic_text(table_dir / "main.json", json.dumps({"ddl": ddls[table], "consumed": []}))
+    finally:
+        con.close()
+    return tables
