@@ -18,8 +18,8 @@ fan-in. Main connections are exclusive (a lock file), shard connections share it
 written to a temporary name and renamed, so readers never see half a file. A step that raises
 writes nothing (its connection is discarded).
 
-The directory is a local path here; on a cluster it is a shared volume or, with DuckDB's
-``httpfs`` and a fuse/object-store mount, a bucket (docs/deployment.md). No Dagster here.
+It needs POSIX rename and ``flock``: a local disk, or on a cluster a ReadWriteMany volume
+(docs/deployment.md; object storage proper would need conditional writes instead). No Dagster here.
 """
 
 from __future__ import annotations

@@ -129,3 +129,27 @@ def test_shard_assignment_is_stable_and_adding_a_symbol_moves_no_other() -> None
     assert len(counts) == 4 and counts.min() >= 35  # roughly even
     with pytest.raises(ValueError):
         shard_of("A", 0)
+
+
+def test_the_factory_chooses_the_store_and_refuses_shards_on_the_duckdb_file(tmp_path: Path, monkeypatch) -> None:
+    from ais_pipelines.definitions import symbol_shards, warehouse_resource
+
+    for var in ("AIS_WAREHOUSE", "AIS_WAREHOUSE_STORE", "AIS_SYMBOL_SHARDS"):
+        monkeypatch.delenv(var, raising=False)
+    default = warehouse_resource(tmp_path)
+    assert (default.store, default.database) == ("duckdb", str(tmp_path / "warehouse.duckdb"))
+    assert symbol_shards() == 1
+    monkeypatch.setenv("AIS_SYMBOL_SHARDS", "2")
+    with pytest.raises(ValueError, match="needs AIS_WAREHOUSE_STORE=parquet"):
+        symbol_shards()
+    monkeypatch.setenv("AIS_WAREHOUSE_STORE", "parquet")
+    assert symbol_shards() == 2
+    shared = warehouse_resource(tmp_path)
+    assert (shared.store, shared.database) == ("parquet", str(tmp_path / "warehouse_parquet"))
+    for bad in ("0", "two"):
+        monkeypatch.setenv("AIS_SYMBOL_SHARDS", bad)
+        with pytest.raises(ValueError, match="AIS_SYMBOL_SHARDS must be"):
+            symbol_shards()
+    monkeypatch.setenv("AIS_WAREHOUSE_STORE", "postgres")
+    with pytest.raises(ValueError, match="AIS_WAREHOUSE_STORE must be one of"):
+        warehouse_resource(tmp_path)
