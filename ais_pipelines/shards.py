@@ -31,8 +31,11 @@ class ShardPolicies(Policies):
         super().__init__(base.directory, base.universe_file, as_of=base.as_of)
         self._loaded, self._versions = base._loaded, base._versions
         self._keep = frozenset(symbols)
+        self._cut: tuple[Universe, Universe] | None = None
 
     @property
     def universe(self) -> Universe:
         full = super().universe
-        return full.model_copy(update={"symbols": [i for i in full.symbols if i.symbol in self._keep]})
+        if self._cut is None or self._cut[0] is not full:  # one copy per loaded file, not per access
+            self._cut = (full, full.model_copy(update={"symbols": [i for i in full.symbols if i.symbol in self._keep]}))
+        return self._cut[1]

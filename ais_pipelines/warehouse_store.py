@@ -132,9 +132,8 @@ class ParquetWarehouse:
             self.con.execute(f"CREATE SCHEMA {BASE_SCHEMA}")
         for table_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             self._load_table(table_dir)
-        if self.shard is None:
-            for table, fp in _fingerprints(self.con, list(self.state)).items():
-                self.state[table].fingerprint = fp
+        for table, fp in _fingerprints(self.con, list(self.state)).items():
+            self.state[table].fingerprint = fp
 
     def _load_table(self, table_dir: Path) -> None:
         table = table_dir.name
@@ -205,7 +204,13 @@ class ParquetWarehouse:
     def _persist_shard(self) -> None:
         base_tables = {r[0] for r in self.con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE schema_name = ?", [BASE_SCHEMA]).fetchall()}
-        for table in _tables(self.con):
+        current = _tables(self.con)
+        now = _fingerprints(self.con, current)
+        for table in current:
+            st = self.state.get(table)
+            if st is not None and st.fingerprint == now[table] and not (self.root / table / f"{self.writer}.json"
+                                                                         ).exists():
+                continue  # read only (the content hash is cheaper than the diff)
             cols = _columns(self.con, table)
             sel = ", ".join(_q(c) for c in cols)
             table_dir = self.root / table

@@ -12,7 +12,8 @@ not a new identity of the data. The shard count is deployment configuration
 Each shard op writes through ``warehouse.get_connection(shard=k)`` (its own overlay of the
 Parquet store); the fan-in opens the main connection, which absorbs the overlays, and records the
 materialization. The DuckDB-file store has one writer and is refused for K > 1
-(``ais_pipelines/definitions.py``).
+(``ais_pipelines/definitions.py``). The shard ops take no run config: the as-of session is the
+run's partition (``ais ingest`` and the unsharded asset keep the ``end`` / ``symbols`` options).
 """
 
 import dagster as dg
@@ -38,15 +39,13 @@ from resources.market_data import MarketDataResource
 from resources.policies import PoliciesResource
 from resources.runtime import RuntimeResource
 
-SHARD_POOL = "warehouse_shards"  # not the one-writer "duckdb" pool: shards write concurrently
-
 
 def _universe_symbols(pol) -> list[str]:  # type: ignore[no-untyped-def]
     return [i.symbol for i in pol.universe.symbols]
 
 
 def _ingest_shard_op(shard: int, shards: int) -> dg.OpDefinition:
-    @dg.op(name=f"ingest_shard_{shard}", out=dg.Out(dg.Nothing), pool=SHARD_POOL,
+    @dg.op(name=f"ingest_shard_{shard}", out=dg.Out(dg.Nothing),  # no pool: shards write concurrently
            description=f"Fetch, archive and stage the bars of symbol shard {shard} of {shards}.")
     def ingest_shard(context: dg.OpExecutionContext, policies: PoliciesResource, market_data: MarketDataResource,
                      warehouse: DuckDBResource, runtime: RuntimeResource, clock: ClockResource) -> None:
@@ -93,7 +92,7 @@ def _ingest_fan_in(context: dg.OpExecutionContext, warehouse: DuckDBResource):  
 
 
 def _quality_shard_op(shard: int, shards: int) -> dg.OpDefinition:
-    @dg.op(name=f"quality_shard_{shard}", out=dg.Out(dg.Nothing), pool=SHARD_POOL,
+    @dg.op(name=f"quality_shard_{shard}", out=dg.Out(dg.Nothing),  # no pool: shards write concurrently
            ins={"daily_bars": dg.In(dg.Nothing)},
            description=f"§B3–B5 per-symbol quality of symbol shard {shard} of {shards}.")
     def quality_shard(context: dg.OpExecutionContext, policies: PoliciesResource,

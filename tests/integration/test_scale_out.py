@@ -89,6 +89,7 @@ def warehouses(tmp_path_factory: pytest.TempPathFactory):
     assert len(expected["order_proposals"]) > 0 and len(expected["bars"]) > 1000
     yield mp, roots, expected, tmp
     mp.undo()
+    forget_cached()
 
 
 def _nightly(root: Path) -> None:
