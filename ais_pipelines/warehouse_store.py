@@ -36,7 +36,7 @@ from pathlib import Path
 import duckdb
 
 MAIN = "main"
-BASE_SCHEMA = "ais_store"  # a shard connection's copy of ``main`` as loaded (the diff base)
+BASE_SCHEMA = "ais_store"  # a shard connection's views of ``main`` as loaded (the diff base)
 LOCK_FILE = ".lock"
 
 _held = threading.local()  # main lock already held by this thread (nested connections)
@@ -125,6 +125,7 @@ class ParquetWarehouse:
         self.writer = MAIN if shard is None else f"shard-{shard}"
         self.con = duckdb.connect()
         self.state: dict[str, _TableState] = {}
+        self.pins: list[Path] = []
 
     # --- open --------------------------------------------------------------------------------
     def load(self) -> None:
@@ -155,6 +156,14 @@ class ParquetWarehouse:
         cols = _columns(self.con, table)
         sel = ", ".join(_q(c) for c in cols)
         have_main = bool(main_meta) and main_file.exists()
+        if have_main and self.shard is not None:
+            # a shard's diff base is main as loaded: pinned by a hard link (free), since a main writer
+            # may replace main.parquet while the shard works
+            pin = table_dir / f".{self.writer}.base.{os.getpid()}.parquet"
+            pin.unlink(missing_ok=True)
+            os.link(main_file, pin)
+            self.pins.append(pin)
+            main_file = pin
         main_sql = f"SELECT * FROM read_parquet({_lit(main_file)})" if have_main else None
         if have_main:
             dels = [f[2] for _, f in writers]
@@ -173,7 +182,7 @@ class ParquetWarehouse:
         else:
             self.state[table] = _TableState()
             if have_main:
-                self.con.execute(f"CREATE TABLE {BASE_SCHEMA}.{_q(table)} AS {main_sql}")
+                self.con.execute(f"CREATE VIEW {BASE_SCHEMA}.{_q(table)} AS {main_sql}")
 
     # --- close -------------------------------------------------------------------------------
     def persist(self) -> None:
@@ -203,7 +212,7 @@ class ParquetWarehouse:
 
     def _persist_shard(self) -> None:
         base_tables = {r[0] for r in self.con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = ?", [BASE_SCHEMA]).fetchall()}
+            "SELECT view_name FROM duckdb_views() WHERE schema_name = ?", [BASE_SCHEMA]).fetchall()}
         current = _tables(self.con)
         now = _fingerprints(self.con, current)
         for table in current:
@@ -286,6 +295,8 @@ def parquet_warehouse(root: str | Path, shard: int | None = None) -> Iterator[du
                 store.persist()
         finally:
             store.con.close()
+            for pin in store.pins:
+                pin.unlink(missing_ok=True)
         return
     key = str(root)
     with _lock(root, exclusive=True):
