@@ -1,6 +1,7 @@
-"""Scale-out (issue 15): the nightly job on the swapped (Parquet) store writes exactly the tables
-the DuckDB file does; the data stages split into 2 symbol shards, run by the real multiprocess
-executor in 2 processes writing the Parquet store concurrently, give the unsharded tables."""
+"""Scale-out (issue 15): the nightly job on the swapped (Parquet) store, its data stages as 2
+symbol shards, writes exactly the tables the DuckDB file does unsharded; the data stages run by
+the real multiprocess executor, the 2 shards in 2 processes writing the store concurrently, give
+the unsharded tables too."""
 
 from __future__ import annotations
 
@@ -83,34 +84,41 @@ def warehouses(tmp_path_factory: pytest.TempPathFactory):
     assert refit.success
     for name in ("parquet", "sharded"):
         copy_duckdb_to_parquet(roots["file"] / "warehouse.duckdb", roots[name] / "warehouse_parquet")
-    _nightly(roots["file"])
+    checks = _nightly(roots["file"])
+    assert len(checks) >= 15 and not checks["data_quality:quality_gate"]  # PLD: INVALID_DATA (a WARN)
     expected = _duckdb_tables(roots["file"] / "warehouse.duckdb")
     assert {"order_proposals", "portfolio_cvar", "forecasts", *DATA_TABLES} <= set(expected)
     assert len(expected["order_proposals"]) > 0 and len(expected["bars"]) > 1000
-    yield mp, roots, expected, tmp
+    yield mp, roots, expected, tmp, checks
     mp.undo()
     forget_cached()
 
 
-def _nightly(root: Path) -> None:
+def _nightly(root: Path) -> dict[str, bool]:
+    """The nightly job in process (also when sharded: ``execute_in_process`` runs the shard ops one
+    after another); every asset check's outcome."""
     defs = build_definitions(env="ci", runtime_root=str(root))
     r = defs.resolve_job_def("nightly_job").execute_in_process(partition_key=D, instance=dg.DagsterInstance.ephemeral(),
                                                                run_config=QUIET, raise_on_error=False)
     assert r.success, [e.step_key for e in r.all_events if e.event_type_value == "STEP_FAILURE"]
+    return {f"{c.asset_key.to_user_string()}:{c.check_name}": c.passed for c in r.get_asset_check_evaluations()}
 
 
 @pytest.mark.slow
 def test_nightly_on_the_parquet_store_writes_the_duckdb_tables(warehouses) -> None:
-    mp, roots, expected, _ = warehouses
+    """The whole night on the swapped store, with the data stages as 2 symbol shards (their ops
+    in sequence here; in parallel processes below): the same tables and the same check outcomes."""
+    mp, roots, expected, _, checks = warehouses
     with pytest.MonkeyPatch.context() as m:
         m.setenv("AIS_WAREHOUSE_STORE", "parquet")
-        _nightly(roots["parquet"])
+        m.setenv("AIS_SYMBOL_SHARDS", "2")
+        assert _nightly(roots["parquet"]) == checks
     _assert_same(expected, _parquet_tables(roots["parquet"] / "warehouse_parquet"))
 
 
 @pytest.mark.slow
 def test_two_symbol_shards_in_two_processes_give_the_unsharded_tables(warehouses) -> None:
-    mp, roots, expected, tmp = warehouses
+    mp, roots, expected, tmp, _ = warehouses
     symbols = [s["symbol"] for s in SMALL_UNIVERSE["symbols"]]
     assert all(shard_symbols(symbols, k, 2) for k in (0, 1))  # both shards have work
     home = tmp / "dagster_home"
