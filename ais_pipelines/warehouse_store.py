@@ -170,7 +170,10 @@ class ParquetWarehouse:
             base = main_sql
             if dels:
                 files = ", ".join(_lit(p) for p in dels)
-                base = (f"SELECT {sel} FROM ({main_sql}) EXCEPT ALL "
+                # a column a writer added after main was written reads as NULL on both sides
+                have = {r[0] for r in self.con.execute(f"DESCRIBE {main_sql}").fetchall()}
+                main_sel = ", ".join(_q(c) if c in have else f"NULL AS {_q(c)}" for c in cols)
+                base = (f"SELECT {main_sel} FROM ({main_sql}) EXCEPT ALL "
                         f"SELECT {sel} FROM read_parquet([{files}], union_by_name = true)")
             self.con.execute(f"INSERT INTO {_q(table)} BY NAME {base}")
         if writers:

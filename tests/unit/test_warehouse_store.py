@@ -153,3 +153,15 @@ def test_the_factory_chooses_the_store_and_refuses_shards_on_the_duckdb_file(tmp
     monkeypatch.setenv("AIS_WAREHOUSE_STORE", "postgres")
     with pytest.raises(ValueError, match="AIS_WAREHOUSE_STORE must be one of"):
         warehouse_resource(tmp_path)
+
+
+def test_a_column_added_by_a_shard_reaches_main(tmp_path: Path) -> None:
+    root = tmp_path / "wh"
+    with parquet_warehouse(root) as con:
+        replace_partition(con, "q", pd.DataFrame({"symbol": ["A", "B"], "v": [1.0, 2.0]}), "as_of", D)
+    with parquet_warehouse(root, shard=0) as con:  # additive schema evolution inside a shard
+        replace_partition(con, "q", pd.DataFrame({"symbol": ["A"], "v": [3.0], "w": ["new"]}), "as_of", D)
+    forget_cached()
+    with parquet_warehouse(root) as con:
+        got = read_table(con, "q").sort_values("symbol")
+    assert got["symbol"].tolist() == ["A"] and got["w"].tolist() == ["new"]  # the shard replaced D
