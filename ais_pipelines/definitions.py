@@ -49,7 +49,8 @@ def symbol_shards() -> int:
 
 
 def nightly_executor(shards: int) -> dg.ExecutorDefinition:
-    """In-process (one writer) unsharded; sharded, one process per shard step at a time."""
+    """Unsharded: in process (one writer). Sharded: the multiprocess executor, K step processes at a
+    time (the shards of a stage run side by side; main writers queue on the store's lock)."""
     if shards == 1:
         return dg.in_process_executor
     # forkserver with the code location preloaded: a step process forks in ~1 s instead of

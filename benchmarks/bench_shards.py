@@ -9,6 +9,10 @@ each in a fresh child process:
 * ``sharded``: K symbol shards, the Parquet store, the multiprocess executor (a process per step,
   K at a time, forkserver with the code location preloaded).
 
+With ``--nightly``, also the whole ``nightly_job`` after the model refit: unsharded on the DuckDB
+file in process (the default) against K shards on the Parquet store under the multiprocess
+executor (every step and check a process).
+
 Printed: wall time of the run, each step's compute (start → success) and its process start-up
 (worker starting → start), and the ratios against ``duckdb``. Run:
 
@@ -30,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 MODES = ("duckdb", "parquet", "sharded")
+NIGHTLY_MODES = ("nightly-duckdb", "nightly-sharded")  # --nightly: the whole job after the refit
 
 
 def _steps(instance, run_id: str) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
@@ -59,13 +64,16 @@ def child(mode: str, n_symbols: int, n_sessions: int, shards: int) -> None:
     root = Path(tempfile.mkdtemp(prefix=f"ais-bench-shards-{mode}-"))
     pol_dir = make_policies(root, n_symbols, n_sessions)
     os.environ.update({"AIS_POLICIES_DIR": str(pol_dir), "AIS_RUNTIME_DIR": str(root / "runtime"), "AIS_ENV": "ci",
-                       "AIS_WAREHOUSE_STORE": "duckdb" if mode == "duckdb" else "parquet",
-                       "AIS_SYMBOL_SHARDS": str(shards if mode == "sharded" else 1)})
+                       "AIS_WAREHOUSE_STORE": "duckdb" if mode.endswith("duckdb") else "parquet",
+                       "AIS_SYMBOL_SHARDS": str(shards if mode.endswith("sharded") else 1)})
     os.environ.pop("AIS_WAREHOUSE", None)
     d = str(Policies(pol_dir).providers.sample.end_session)
     from tests.integration.sharded_location import data_stages_job
 
     (root / "home").mkdir()
+    if mode.startswith("nightly"):
+        _nightly_child(mode, root, d)
+        return
     with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
         t = time.perf_counter()
         if mode == "sharded":
@@ -77,6 +85,32 @@ def child(mode: str, n_symbols: int, n_sessions: int, shards: int) -> None:
         wall = time.perf_counter() - t
         steps = _steps(instance, r.run_id)
     print(json.dumps({"mode": mode, "n": n_symbols, "ok": r.success, "wall_s": wall, "steps": steps}))
+
+
+def _nightly_child(mode: str, root: Path, d: str) -> None:
+    import dagster as dg
+
+    from ais_pipelines.config import Policies
+    from ais_pipelines.core.calendars import last_n_sessions
+    from tests.integration.sharded_location import nightly_job
+
+    fit = str(last_n_sessions("XNYS", Policies().providers.sample.end_session, 6)[0].date())
+    with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
+        from ais_pipelines.definitions import build_definitions
+
+        refit = build_definitions().resolve_job_def("model_refit_job").execute_in_process(
+            instance=instance, partition_key=fit, run_config=QUIET)
+        assert refit.success
+        t = time.perf_counter()
+        if mode == "nightly-sharded":
+            r = dg.execute_job(dg.reconstructable(nightly_job), instance=instance, run_config=QUIET,
+                               tags={"dagster/partition": d}, raise_on_error=False)
+        else:
+            r = nightly_job().execute_in_process(instance=instance, partition_key=d, run_config=QUIET,
+                                                 raise_on_error=False)
+        wall = time.perf_counter() - t
+        steps = _steps(instance, r.run_id)
+    print(json.dumps({"mode": mode, "ok": r.success, "wall_s": wall, "steps": steps}))
 
 
 def _cpu_model() -> str:
@@ -91,7 +125,8 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=500)
     ap.add_argument("--sessions", type=int, default=1270)
     ap.add_argument("--shards", type=int, default=2)
-    ap.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--nightly", action="store_true", help="also the whole nightly job (several minutes)")
+    ap.add_argument("--mode", choices=MODES + NIGHTLY_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="benchmarks/results/shards.md")
     args = ap.parse_args()
     if args.mode:
@@ -99,7 +134,7 @@ def main() -> None:
         return
     load, started = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     rows = {}
-    for mode in MODES:
+    for mode in MODES + (NIGHTLY_MODES if args.nightly else ()):
         cmd = [sys.executable, __file__, "--mode", mode, "--symbols", str(args.symbols), "--sessions",
                str(args.sessions), "--shards", str(args.shards)]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -121,9 +156,17 @@ def main() -> None:
         "|---|---:|---:|---|",
     ]
     for mode, r in rows.items():
-        lines.append(f"| {mode} | {r['wall_s']:.1f} | {r['wall_s'] / peer:.2f}× | {'yes' if r['ok'] else 'NO'} |")
+        base = rows["nightly-duckdb"]["wall_s"] if mode.startswith("nightly") else peer
+        lines.append(f"| {mode} | {r['wall_s']:.1f} | {r['wall_s'] / base:.2f}× | {'yes' if r['ok'] else 'NO'} |")
+    if args.nightly:
+        lines += ["", "(nightly-* rows: × nightly-duckdb, the whole job after the refit.)"]
     lines += ["", "| mode | step | compute (s) | process start-up (s) |", "|---|---|---:|---:|"]
     for mode, r in rows.items():
+        if mode.startswith("nightly"):
+            st = r["steps"].values()
+            lines.append(f"| {mode} | {len(st)} steps | {sum(x['compute_s'] for x in st):.1f} in all | "
+                         f"{sum(x.get('startup_s', 0.0) for x in st):.1f} in all |")
+            continue
         for step, s in r["steps"].items():
             lines.append(f"| {mode} | {step} | {s['compute_s']:.2f} | "
                          f"{s['startup_s']:.2f} |" if "startup_s" in s else f"| {mode} | {step} | "

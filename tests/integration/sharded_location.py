@@ -17,3 +17,10 @@ def data_stages_job() -> dg.JobDefinition:
     job = dg.define_asset_job("data_stages_job", selection=dg.AssetSelection.assets(*DATA_STAGES).without_checks(),
                               executor_def=nightly_executor(symbol_shards()))
     return dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("data_stages_job")
+
+
+def nightly_job() -> dg.JobDefinition:
+    """The product's own ``nightly_job`` (its executor from ``AIS_SYMBOL_SHARDS``)."""
+    from ais_pipelines.definitions import build_definitions
+
+    return build_definitions().resolve_job_def("nightly_job")
