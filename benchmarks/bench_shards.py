@@ -68,7 +68,7 @@ def child(mode: str, n_symbols: int, n_sessions: int, shards: int) -> None:
                        "AIS_SYMBOL_SHARDS": str(shards if mode.endswith("sharded") else 1)})
     os.environ.pop("AIS_WAREHOUSE", None)
     d = str(Policies(pol_dir).providers.sample.end_session)
-    from tests.integration.sharded_location import data_stages_job
+    from tests.integration.sharded_location import data_stages_job, recon
 
     (root / "home").mkdir()
     if mode.startswith("nightly"):
@@ -77,7 +77,7 @@ def child(mode: str, n_symbols: int, n_sessions: int, shards: int) -> None:
     with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
         t = time.perf_counter()
         if mode == "sharded":
-            r = dg.execute_job(dg.reconstructable(data_stages_job), instance=instance, run_config=QUIET,
+            r = dg.execute_job(recon("data_stages_job"), instance=instance, run_config=QUIET,
                                tags={"dagster/partition": d}, raise_on_error=False)
         else:
             r = data_stages_job().execute_in_process(instance=instance, partition_key=d, run_config=QUIET,
@@ -92,7 +92,7 @@ def _nightly_child(mode: str, root: Path, d: str) -> None:
 
     from ais_pipelines.config import Policies
     from ais_pipelines.core.calendars import last_n_sessions
-    from tests.integration.sharded_location import nightly_job
+    from tests.integration.sharded_location import nightly_job, recon
 
     fit = str(last_n_sessions("XNYS", Policies().providers.sample.end_session, 6)[0].date())
     with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
@@ -103,7 +103,7 @@ def _nightly_child(mode: str, root: Path, d: str) -> None:
         assert refit.success
         t = time.perf_counter()
         if mode == "nightly-sharded":
-            r = dg.execute_job(dg.reconstructable(nightly_job), instance=instance, run_config=QUIET,
+            r = dg.execute_job(recon("nightly_job"), instance=instance, run_config=QUIET,
                                tags={"dagster/partition": d}, raise_on_error=False)
         else:
             r = nightly_job().execute_in_process(instance=instance, partition_key=d, run_config=QUIET,

@@ -5,6 +5,7 @@ the unsharded tables too."""
 
 from __future__ import annotations
 
+import multiprocessing.forkserver as mp_forkserver
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ais_pipelines.definitions import build_definitions
 from ais_pipelines.shards import shard_symbols
 from ais_pipelines.warehouse_store import copy_duckdb_to_parquet, forget_cached, parquet_warehouse
 from tests.conftest import SMALL_UNIVERSE
-from tests.integration.sharded_location import data_stages_job
+from tests.integration.sharded_location import recon
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 D = "2026-11-20"
@@ -127,8 +128,13 @@ def test_two_symbol_shards_in_two_processes_give_the_unsharded_tables(warehouses
         m.setenv("AIS_WAREHOUSE_STORE", "parquet")
         m.setenv("AIS_SYMBOL_SHARDS", "2")
         m.setenv("AIS_RUNTIME_DIR", str(roots["sharded"]))  # the step processes build their own location
+        # a forkserver left by an earlier test (crash harness, store tests) lacks the executor's
+        # preloads: every step would re-import for ~6 s. Stop it; the executor starts its own.
+        stop = getattr(mp_forkserver._forkserver, "_stop", None)
+        if stop is not None:
+            stop()
         with dg.instance_for_test(temp_dir=str(home)) as instance:
-            result = dg.execute_job(dg.reconstructable(data_stages_job), instance=instance, run_config=QUIET,
+            result = dg.execute_job(recon("data_stages_job"), instance=instance, run_config=QUIET,
                                     tags={"dagster/partition": D}, raise_on_error=False)
             assert result.success, [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
             started = {e.step_key: e.pid for e in result.all_events if e.event_type_value == "STEP_START"}
