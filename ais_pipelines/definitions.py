@@ -53,8 +53,8 @@ def nightly_executor(shards: int) -> dg.ExecutorDefinition:
     time (the shards of a stage run side by side; main writers queue on the store's lock)."""
     if shards == 1:
         return dg.in_process_executor
-    # forkserver with the code location preloaded: a step process forks in ~1 s instead of
-    # re-importing dagster-dbt, pandas, exchange_calendars, … (~6 s of CPU per step)
+    # forkserver with the code location preloaded: a step process starts in 2-5 s (fork, definitions)
+    # instead of also re-importing dagster-dbt, pandas, exchange_calendars, … (~6 s of CPU per step)
     preload = ["ais_pipelines.definitions", *(f"assets.{m}" for m in PRELOADED_ASSET_MODULES), "sensors.execution"]
     return dg.multiprocess_executor.configured(
         {"max_concurrent": shards, "start_method": {"forkserver": {"preload_modules": preload}}},
