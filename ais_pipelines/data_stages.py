@@ -144,7 +144,15 @@ def assess_and_store_quality(con, pol: Policies, as_of: pd.Timestamp, run_id: st
         )
         table = pd.concat([table, absent], ignore_index=True)
     replace_partition(con, QUALITY_TABLE, table, "as_of", as_of.date())
+    health = store_data_health(con, pol, as_of, table, log)
+    return QualityRun(table=table, events=assessed.events, health=health)
+
+
+def store_data_health(con, pol: Policies, as_of: pd.Timestamp, table: pd.DataFrame,
+                      log: pd.DataFrame) -> DataHealthReport:
+    """Replace D's ``data_health`` row from the whole universe's quality table and ingestion log
+    (issue 15: the fan-in of the symbol shards calls it once their quality rows are stored)."""
     health = assess_data_health(table, log, trailing_mean_scores(con, as_of, pol.quality.health.trailing_sessions),
                                 HealthLimits.from_policy(pol.quality.health), as_of.date())
     replace_partition(con, HEALTH_TABLE, health.table, "as_of", as_of.date())
-    return QualityRun(table=table, events=assessed.events, health=health)
+    return health
