@@ -118,14 +118,14 @@ def _run_execution(as_of: str, stage) -> bool:
     import duckdb
 
     from ais_pipelines.cli_ops import execute
+    from ais_pipelines.warehouse_store import connect_warehouse
 
     try:
         execute(as_of=as_of, dev_key=False)
         ok = True
     except typer.Exit as exc:
         ok = exc.exit_code == 0
-    con = duckdb.connect(str(warehouse_path()), read_only=True)
-    try:
+    with connect_warehouse(str(warehouse_path()), read_only=True) as con:
         def one(sql: str) -> tuple:
             try:
                 return con.execute(sql, [as_of]).fetchone() or ()
@@ -136,8 +136,6 @@ def _run_execution(as_of: str, stage) -> bool:
                         "'REVIEW'), count(*) FILTER (WHERE decision = 'REJECT') FROM governance_decisions "
                         "WHERE as_of = ?")
         orders = one("SELECT count(*), count(*) FILTER (WHERE state = 'FILLED') FROM execution_orders WHERE as_of = ?")
-    finally:
-        con.close()
     from ais_pipelines.cli_ops import book_line, ops_env, session_book
 
     book = session_book(ops_env(), as_of)
@@ -155,13 +153,10 @@ def _run_execution(as_of: str, stage) -> bool:
 
 
 def _quality_line(root: Path, as_of) -> str:
-    import duckdb
+    from ais_pipelines.warehouse_store import connect_warehouse
 
-    con = duckdb.connect(str(warehouse_path(root)), read_only=True)
-    try:
+    with connect_warehouse(str(warehouse_path(root)), read_only=True) as con:
         q = con.execute("SELECT symbol, status FROM data_quality WHERE as_of = ? ORDER BY symbol", [as_of]).df()
-    finally:
-        con.close()
     bad = q[q["status"] != "VALID"]
     named = ", ".join(f"{r.symbol} ({r.status})" for r in bad.head(6).itertuples())
     more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
@@ -189,10 +184,9 @@ def _dbt_summary(demo_log: Path, dbt_log: Path) -> str | None:
 @quality_app.command("report")
 def quality_report(out: Path = typer.Option(None, help="Output directory for the Data Docs.")) -> None:
     """Write the Great Expectations Data Docs for what the warehouse holds now."""
-    import duckdb
-
     from ais_pipelines.config import Policies
     from ais_pipelines.reports.data_docs import data_docs_from_warehouse
+    from ais_pipelines.warehouse_store import connect_warehouse
 
     root = runtime_dir()
     db = warehouse_path(root)
@@ -200,11 +194,8 @@ def quality_report(out: Path = typer.Option(None, help="Output directory for the
         typer.echo(f"WAREHOUSE_MISSING: no warehouse at {db}; run `make demo` (or the nightly job) first", err=True)
         raise typer.Exit(2)
     out_dir = out or root / "reports" / "data_docs"
-    con = duckdb.connect(str(db), read_only=True)
-    try:
+    with connect_warehouse(str(db), read_only=True) as con:
         result = data_docs_from_warehouse(con, Policies(), out_dir)
-    finally:
-        con.close()
     for name, stats in result.suites.items():
         typer.echo(f"{name}: {stats['successful']}/{stats['evaluated']} expectations met on {stats['rows']} rows")
     typer.echo(f"Data Docs: {result.index_path.resolve()}")
@@ -218,10 +209,9 @@ def report(
     snapshot: bool = typer.Option(True, help="Copy the ledger into the warehouse first (needs its write lock)."),
 ) -> None:
     """Write the governance report of one as-of session: one self-contained HTML file."""
-    import duckdb
-
     from ais_pipelines.reports.governance import latest_as_of, write_governance_report
     from ais_pipelines.reports.ledger_copy import snapshot_ledger
+    from ais_pipelines.warehouse_store import connect_warehouse
 
     root = runtime_dir()
     db = warehouse_path(root)
@@ -236,11 +226,8 @@ def report(
         typer.echo(f"Ledger snapshot: {copied.rows.get('ledger_orders', 0)} orders, "
                    f"{copied.rows.get('ledger_fills', 0)} fills")
     if as_of is None:
-        con = duckdb.connect(str(db), read_only=True)
-        try:
+        with connect_warehouse(str(db), read_only=True) as con:
             found = latest_as_of(con)
-        finally:
-            con.close()
         if found is None:
             typer.echo("The warehouse has no data_quality assessment yet: nothing to report.", err=True)
             raise typer.Exit(2)

@@ -22,7 +22,9 @@ def _runtime() -> Path:
 
 
 def _warehouse_path() -> Path:
-    return Path(os.environ.get("AIS_WAREHOUSE", str(_runtime() / "warehouse.duckdb")))
+    from ais_pipelines.warehouse_location import default_location
+
+    return Path(os.environ.get("AIS_WAREHOUSE", str(default_location(_runtime()))))
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -60,7 +62,6 @@ def ingest(
     with a reason code; prints a per-symbol summary (rows, window, score, status, reasons).
     Without a forecast model fitted on or before D, fits them as of D (point in time), so the
     nightly job for D can run. Policies are the versions in force on D."""
-    import duckdb
     import pandas as pd
     import yaml
 
@@ -68,6 +69,7 @@ def ingest(
     from ais_pipelines.data_stages import assess_and_store_quality, promote_staged_bars, store_ingestion
     from ais_pipelines.ingestion import ingest_universe
     from ais_pipelines.market_data.files import FilesProvider
+    from ais_pipelines.warehouse_store import connect_warehouse
 
     if provider != "files":
         raise _fail(f"--provider {provider!r}: only 'files' is supported by `ais ingest` (the nightly job "
@@ -116,8 +118,7 @@ def ingest(
     d = pd.Timestamp(outcome.bars["date"].max()) if as_of == LATEST else end
     pol_d = pol.as_of_session(d.date())
     typer.echo(f"[3/5] storing into {_warehouse_path()} …")
-    con = duckdb.connect(str(_warehouse_path()))
-    try:
+    with connect_warehouse(str(_warehouse_path())) as con:
         acc = store_ingestion(con, outcome, run_id, end.date())
         stats, _, _ = promote_staged_bars(con, run_id)
         typer.echo(f"      rows read {acc.read:,} = stored {acc.stored:,} + rejected {acc.rejected:,}"
@@ -127,8 +128,6 @@ def ingest(
         run = assess_and_store_quality(con, pol_d, d)
         refit_problem = _ensure_models(con, pol_d, d) if refit else None
         missing_models = not refit and not _has_model(con, d)
-    finally:
-        con.close()
     summary = _summary(outcome.log, run.table, run.events)
     typer.echo("")
     typer.echo(summary.to_string(index=False))
@@ -204,25 +203,22 @@ def quality_show(
     limit: int = typer.Option(200, help="Events listed at most (the timeline counts them all)."),
 ) -> None:
     """A symbol's data-quality row and its dated flag events (table quality_flags)."""
-    import duckdb
     import pandas as pd
 
     from ais_pipelines.reports.quality_timeline import flag_timeline, symbol_events
     from ais_pipelines.warehouse import fetch_one, read_table, table_exists
+    from ais_pipelines.warehouse_store import connect_warehouse
 
     db = _warehouse_path()
     if not db.exists():
         raise _fail(f"no warehouse at {db}: run `ais ingest` or the nightly job first [WAREHOUSE_MISSING]")
-    con = duckdb.connect(str(db), read_only=True)
-    try:
+    with connect_warehouse(str(db), read_only=True) as con:
         if not table_exists(con, "data_quality"):
             raise _fail("the warehouse has no data-quality assessment yet: run `ais ingest` first")
         d = pd.Timestamp(as_of).date() if as_of else fetch_one(con, "SELECT max(as_of) FROM data_quality")[0]
         q = read_table(con, "data_quality", "as_of = ? AND upper(symbol) = upper(?)", [d, symbol])
         events = read_table(con, "quality_flags", "as_of = ? AND upper(symbol) = upper(?)", [d, symbol]) \
             if table_exists(con, "quality_flags") else pd.DataFrame()
-    finally:
-        con.close()
     if q.empty:
         raise _fail(f"{symbol}: not assessed as of {d}")
     r = q.iloc[0]

@@ -70,15 +70,15 @@ class OpsEnv:
 
     def dagster_resources(self) -> dict[str, Any]:
         """The same settings as Dagster resources (for ``execute``, which runs a job)."""
-        from dagster_duckdb import DuckDBResource
-
+        from ais_pipelines.warehouse_location import configured_store
         from resources.policies import PoliciesResource
         from resources.trading import trading_resources_for
+        from resources.warehouse import WarehouseResource
 
         return {
             "policies": PoliciesResource(directory=os.environ.get("AIS_POLICIES_DIR"),
                                          universe_file=os.environ.get("AIS_UNIVERSE_FILE")),
-            "warehouse": DuckDBResource(database=self.warehouse),
+            "warehouse": WarehouseResource(database=self.warehouse, store=configured_store()),
             **trading_resources_for(self.env, str(self.root)),
         }
 
@@ -395,10 +395,11 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
     import duckdb
     import pandas as pd
 
+    from ais_pipelines.warehouse_store import connect_warehouse
+
     db = ops.warehouse
     day = pd.Timestamp(as_of).date()
-    con = duckdb.connect(db, read_only=True)
-    try:
+    with connect_warehouse(db, read_only=True) as con:
         def q(sql: str) -> pd.DataFrame:
             try:
                 return con.execute(sql, [day]).df()
@@ -414,8 +415,6 @@ def _print_session(ops: OpsEnv, as_of: str) -> None:
         positions = q("SELECT symbol, qty, round(avg_price, 4) AS avg_price, round(mark, 4) AS mark, "
                       "round(market_value, 2) AS value, round(weight, 4) AS weight FROM positions_snapshot "
                       "WHERE as_of = ? ORDER BY symbol")
-    finally:
-        con.close()
     typer.echo(f"\nGovernance decisions for {as_of}:")
     _show(decisions, "  (none)")
     typer.echo("\nOrders:")
@@ -445,6 +444,7 @@ def session_book(ops: OpsEnv, as_of: str) -> dict[str, Any] | None:
     from ais_pipelines.core.metrics import book_history
     from ais_pipelines.ledger import models as m
     from ais_pipelines.trading_env import session_after
+    from ais_pipelines.warehouse_store import connect_warehouse
 
     store = ops.ledger.store()
     fills = pd.DataFrame([asdict(f) for f in store.fills()])
@@ -455,14 +455,12 @@ def session_book(ops: OpsEnv, as_of: str) -> dict[str, Any] | None:
                             .order_by(m.paper_account.c.created_at, m.paper_account.c.account_id)).first()
     starting = float(acct[0]) if acct is not None else float(ops.policies().mandate.nav)
     end = session_after(as_of).date()
-    con = duckdb.connect(ops.warehouse, read_only=True)
     try:
-        closes = con.execute("SELECT symbol, date, close FROM bars WHERE list_contains(?, symbol) AND date <= ?",
-                             [sorted(fills["symbol"].unique()), end]).df()
+        with connect_warehouse(ops.warehouse, read_only=True) as con:
+            closes = con.execute("SELECT symbol, date, close FROM bars WHERE list_contains(?, symbol) AND date <= ?",
+                                 [sorted(fills["symbol"].unique()), end]).df()
     except duckdb.Error:
         closes = pd.DataFrame(columns=["symbol", "date", "close"])
-    finally:
-        con.close()
     history, _per_fill, _marks = book_history(fills, closes, starting_cash=starting, end=end)
     if history.empty:
         return None

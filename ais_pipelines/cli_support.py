@@ -27,7 +27,10 @@ def runtime_dir() -> Path:
 
 
 def warehouse_path(root: Path | None = None) -> Path:
-    return Path(os.environ.get("AIS_WAREHOUSE") or (root or runtime_dir()) / "warehouse.duckdb").resolve()
+    """The configured warehouse (``AIS_WAREHOUSE``, else the store's default under the runtime)."""
+    from ais_pipelines.warehouse_location import default_location
+
+    return Path(os.environ.get("AIS_WAREHOUSE") or default_location(root or runtime_dir())).resolve()
 
 
 def ledger_url(root: Path | None = None) -> str:

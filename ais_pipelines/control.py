@@ -292,12 +292,11 @@ def approve_item(
     ``ledger``/``signing_key``/``execution_clock``/``broker`` are the settings of
     :mod:`ais_pipelines.trading_env` (or their Dagster resources). Refusals: ``ControlError``.
     """
-    import duckdb
-
     from ais_pipelines import execution as ex
     from ais_pipelines.oms.oms import OrderManagementSystem
     from ais_pipelines.trading_env import open_trading_session
     from ais_pipelines.warehouse import read_table
+    from ais_pipelines.warehouse_store import connect_warehouse
 
     actor, why = _who(actor, why)
     authorize(policies, actor, "approve")  # an undeclared or service actor opens no session, fetches no quote
@@ -310,13 +309,10 @@ def approve_item(
         env_policy = ex.load_environment_policy(policy_dir=policies.directory, as_of=_session_of(as_of))
     except ex.PolicyError as exc:
         raise ControlError(str(exc), (exc.reason,)) from exc
-    con = duckdb.connect(warehouse_path)
-    try:
+    with connect_warehouse(warehouse_path) as con:
         session = open_trading_session(policies, con, as_of, ledger, execution_clock, broker,
                                        not_before=ex.latest_activity(store))
         history = read_table(con, "pnl_history")
-    finally:
-        con.close()
     oms = OrderManagementSystem(session.ledger, session.broker, key, session.clock, session.audit)
     outcome = approve_review(
         session.ledger, session.audit, oms, key, item_id, actor=actor, why=why, now=session.clock.now(),

@@ -25,13 +25,11 @@ NIGHTLY_GROUPS = ("ingestion", "quality", "intelligence", "portfolio")  # what n
 # (the directory AIS_WAREHOUSE or runtime/warehouse_parquet, several writers). AIS_SYMBOL_SHARDS=K > 1
 # splits ingestion and data quality into K parallel shard steps (parquet store only); docs/deployment.md.
 def warehouse_resource(root: Path) -> DuckDBResource:
-    from resources.warehouse import STORES, WarehouseResource
+    from ais_pipelines.warehouse_location import configured_store, default_location
+    from resources.warehouse import WarehouseResource
 
-    store = os.environ.get("AIS_WAREHOUSE_STORE", "duckdb")
-    if store not in STORES:
-        raise ValueError(f"AIS_WAREHOUSE_STORE must be one of {STORES}, got {store!r}")
-    default = root / ("warehouse.duckdb" if store == "duckdb" else "warehouse_parquet")
-    return WarehouseResource(database=os.environ.get("AIS_WAREHOUSE", str(default)), store=store)
+    store = configured_store()
+    return WarehouseResource(database=os.environ.get("AIS_WAREHOUSE", str(default_location(root, store))), store=store)
 
 
 def symbol_shards() -> int:
@@ -42,7 +40,9 @@ def symbol_shards() -> int:
         shards = 0
     if shards < 1:
         raise ValueError(f"AIS_SYMBOL_SHARDS must be a whole number >= 1, got {raw!r}")
-    if shards > 1 and os.environ.get("AIS_WAREHOUSE_STORE", "duckdb") != "parquet":
+    from ais_pipelines.warehouse_location import configured_store
+
+    if shards > 1 and configured_store() != "parquet":
         raise ValueError(f"AIS_SYMBOL_SHARDS={shards} needs AIS_WAREHOUSE_STORE=parquet: the DuckDB file has one "
                          "writer, and shards write concurrently")
     return shards

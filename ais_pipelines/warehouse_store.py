@@ -35,6 +35,8 @@ from pathlib import Path
 
 import duckdb
 
+from ais_pipelines.warehouse_location import configured_store
+
 MAIN = "main"
 BASE_SCHEMA = "ais_store"  # a shard connection's views of ``main`` as loaded (the diff base)
 LOCK_FILE = ".lock"
@@ -354,3 +356,32 @@ def copy_duckdb_to_parquet(database: str | Path, root: str | Path) -> list[str]:
     finally:
         con.close()
     return tables
+
+
+# --- the one way to open the warehouse outside a Dagster resource (CLI, control, reports) -----
+@contextmanager
+def connect_warehouse(database: str | Path, *, read_only: bool = False,
+                      store: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection to the configured store, closed (and, for a writing Parquet main
+    connection, persisted) when the block exits. A read-only Parquet view loads main with every
+    overlay applied under the shared lock and writes nothing back."""
+    store = store or configured_store()
+    if store == "duckdb":
+        con = duckdb.connect(str(database), read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+        return
+    if not read_only:
+        with parquet_warehouse(database) as con:
+            yield con
+        return
+    root = Path(database).resolve()
+    view = ParquetWarehouse(root, None)
+    try:
+        with _lock(root, exclusive=False):
+            view.load()
+        yield view.con
+    finally:
+        view.con.close()

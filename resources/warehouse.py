@@ -18,7 +18,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-STORES = ("duckdb", "parquet")
+from ais_pipelines.warehouse_location import STORES as STORES  # one list, validated in configured_store
 
 
 class WarehouseResource(DuckDBResource):

@@ -47,6 +47,7 @@ from ais_pipelines.core.accounting import (
     positions_from_fills,
 )
 from ais_pipelines.warehouse import read_table, table_exists
+from ais_pipelines.warehouse_store import connect_warehouse
 
 SESSION_TZ = "America/New_York"
 AS_OF_CALENDAR = "XNYS"
@@ -1110,11 +1111,8 @@ def write_governance_report(warehouse_path: str | Path, as_of: date | str, out_d
     db = Path(warehouse_path)
     if not db.exists():
         raise FileNotFoundError(f"no warehouse at {db}")
-    con = duckdb.connect(str(db), read_only=True)
-    try:
+    with connect_warehouse(str(db), read_only=True) as con:
         inputs = load_governance_inputs(con, as_of, calendars=calendars)
-    finally:
-        con.close()
     path = report_path(out_dir, as_of)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".html.tmp")

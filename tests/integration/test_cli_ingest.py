@@ -118,3 +118,34 @@ def test_ingest_fits_missing_models_as_of_d_point_in_time(tmp_path: Path) -> Non
         assert {m.fit_date for m in nightly.load_models(con, d)} == {d}  # the nightly step finds them
     finally:
         con.close()
+
+
+def test_ingest_and_quality_show_on_the_parquet_store_equal_the_duckdb_file(tmp_path: Path) -> None:
+    """Issue 15: the CLI opens the configured store too (``AIS_WAREHOUSE_STORE=parquet``): the same
+    files ingested into the Parquet directory give the same tables and the same ``quality show``."""
+    from ais_pipelines.warehouse_store import connect_warehouse, forget_cached
+
+    files = tmp_path / "files"
+    files.mkdir()
+    sessions = sessions_between("XNYS", "2019-01-01", "2024-06-28")
+    _walk_csv(files / "AAA.csv", sessions, 3)
+    _walk_csv(files / "BBB.csv", sessions, 4, split_at=len(sessions) - 200)
+    runner = CliRunner()
+    tables = {}
+    for store in ("duckdb", "parquet"):
+        env = {"AIS_RUNTIME_DIR": str(tmp_path / store), "AIS_WAREHOUSE_STORE": store}
+        result = runner.invoke(app, ["ingest", "--dir", str(files), "--no-refit"], env=env)
+        assert result.exit_code == 0, result.output
+        shown = runner.invoke(app, ["quality", "show", "BBB"], env=env)
+        assert shown.exit_code == 0, shown.output
+        tables[store] = shown.output
+        where = tmp_path / store / ("warehouse.duckdb" if store == "duckdb" else "warehouse_parquet")
+        assert where.exists()
+        with connect_warehouse(where, read_only=True, store=store) as con:
+            tables[store, "dq"] = con.execute("SELECT * FROM data_quality ORDER BY symbol").df()
+            tables[store, "bars"] = con.execute("SELECT count(*), sum(close) FROM bars").fetchall()
+    forget_cached()
+    assert (tmp_path / "parquet" / "warehouse_parquet" / "bars" / "main.parquet").exists()
+    assert tables["duckdb"] == tables["parquet"] and "BBB as of 2024-06-28: INVALID_DATA" in tables["parquet"]
+    pd.testing.assert_frame_equal(tables["duckdb", "dq"], tables["parquet", "dq"])
+    assert tables["duckdb", "bars"] == tables["parquet", "bars"]
