@@ -385,3 +385,22 @@ def connect_warehouse(database: str | Path, *, read_only: bool = False,
         yield view.con
     finally:
         view.con.close()
+
+
+def refresh_duckdb_copy(root: str | Path, path: str | Path) -> list[str]:
+    """The store's main view (every shard overlay applied) as the tables of the DuckDB file
+    ``path``, replaced whole: what dbt — which needs one database file — builds the marts in
+    when the warehouse is the Parquet store. Returns the tables copied."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    with connect_warehouse(root, read_only=True, store="parquet") as con:
+        tables = _tables(con)
+        con.execute(f"ATTACH {_lit(tmp)} AS reporting_copy")
+        try:
+            for table in tables:
+                con.execute(f"CREATE TABLE reporting_copy.{_q(table)} AS SELECT * FROM {_q(table)}")
+        finally:
+            con.execute("DETACH reporting_copy")
+    os.replace(tmp, path)  # readers (a BI tool) see the previous copy or this one, whole
+    return tables

@@ -206,6 +206,10 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+# With the Parquet store the marts live in this DuckDB file beside it (what BI tools open).
+MARTS_FILE_OF_PARQUET_STORE = "warehouse_marts.duckdb"
+
+
 def build_dbt_assets(project: DbtProject | None = None) -> dg.AssetsDefinition:
     """The dbt models as assets (tests as checks). Call inside the definitions factory."""
     project = project or dbt_project()
@@ -224,6 +228,12 @@ def build_dbt_assets(project: DbtProject | None = None) -> dg.AssetsDefinition:
         target folder is stable (next to the warehouse), so dbt's partial parse of the previous
         run is reused (issue 14: a per-run folder or ``--vars`` made every run re-parse)."""
         database = Path(warehouse.database).resolve()
+        if getattr(warehouse, "store", "duckdb") == "parquet":  # issue 15: dbt needs one database file
+            from ais_pipelines.warehouse_store import refresh_duckdb_copy
+
+            store, database = database, database.parent / MARTS_FILE_OF_PARQUET_STORE
+            copied = refresh_duckdb_copy(store, database)
+            context.log.info(f"dbt builds the marts in {database}: a copy of {len(copied)} tables of {store}")
         target = database.parent / "dbt_target"  # run_results.json, dbt.log, partial_parse.msgpack
         with _environment(AIS_WAREHOUSE=str(database)):  # read when the dbt process is started
             invocation = dbt.cli(["build"], context=context, target_path=target)

@@ -165,3 +165,36 @@ def test_a_column_added_by_a_shard_reaches_main(tmp_path: Path) -> None:
     with parquet_warehouse(root) as con:
         got = read_table(con, "q").sort_values("symbol")
     assert got["symbol"].tolist() == ["A"] and got["w"].tolist() == ["new"]  # the shard replaced D
+
+
+def test_the_cli_view_and_the_dbt_copy_see_main_with_every_shard_applied(tmp_path: Path) -> None:
+    """``connect_warehouse(read_only=True)`` (the CLI) and ``refresh_duckdb_copy`` (the file dbt
+    builds the marts in) see what a main writer sees, overlays included, and write nothing back."""
+    from ais_pipelines.warehouse_store import connect_warehouse, refresh_duckdb_copy
+
+    root = tmp_path / "wh"
+    with parquet_warehouse(root) as con:
+        upsert_bars(con, _bars(["A"], 1.0), "main")
+    with parquet_warehouse(root, shard=1) as con:
+        upsert_bars(con, _bars(["B"], 2.0), "s1")
+    files = {t: _files(root, t) for t in ("bars",)}
+    with connect_warehouse(root, read_only=True, store="parquet") as con:
+        seen = read_bars(con)
+        con.execute("CREATE TABLE scratch AS SELECT 1 AS x")  # a read-only view keeps nothing
+    assert sorted(seen["symbol"].unique()) == ["A", "B"] and len(seen) == 4
+    assert {t: _files(root, t) for t in ("bars",)} == files and not (root / "scratch").exists()
+    copy = tmp_path / "marts.duckdb"
+    assert refresh_duckdb_copy(root, copy) == ["bars"]
+    con = duckdb.connect(str(copy), read_only=True)
+    try:
+        pd.testing.assert_frame_equal(read_bars(con), seen)
+    finally:
+        con.close()
+    with parquet_warehouse(root) as con:  # a later night: the copy is replaced whole
+        upsert_bars(con, _bars(["C"], 3.0), "main")
+    refresh_duckdb_copy(root, copy)
+    con = duckdb.connect(str(copy), read_only=True)
+    try:
+        assert sorted(read_bars(con)["symbol"].unique()) == ["A", "B", "C"]
+    finally:
+        con.close()
