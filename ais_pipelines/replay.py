@@ -49,6 +49,7 @@ from ais_pipelines.ledger.store import LedgerStore, SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
 from ais_pipelines.replay_ingest import IncrementalIngestion
 from ais_pipelines.replay_rules import ReplayRules, load_replay_rules
+from ais_pipelines.replay_store import ReadCachingWarehouse
 from ais_pipelines.warehouse import read_bars, read_table, replace_partition
 
 REPLAY_ACTOR_TAG = "scripted"
@@ -613,7 +614,7 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     audit = AuditChain(audit_store, anchor=AuditAnchor(cfg.out / "audit_anchor.json", audit_store.ledger_id))
     # The replay works on an in-memory warehouse (no WAL commit per partition write, scans of
     # memory) and persists it to out/warehouse.duckdb at the end, also when a session fails.
-    con = duckdb.connect(":memory:")
+    con = ReadCachingWarehouse(duckdb.connect(":memory:"))
     state = _State()
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
