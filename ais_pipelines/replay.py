@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ais_pipelines import bars_cache, intraday, nightly
 from ais_pipelines import execution as ex
-from ais_pipelines import intraday, nightly
 from ais_pipelines.config import Policies
 from ais_pipelines.core import trading_state as ts
 from ais_pipelines.core.audit import AuditAnchor, AuditChain
@@ -301,11 +301,15 @@ def ingest_session(con: Any, pol: Policies, ingestor: IncrementalIngestion, day:
     run_id = f"replay-{day.isoformat()}"
     outcome = ingestor.outcome(pol, day, archive_root / run_id)
     stamp = pd.Timestamp(day) + pd.Timedelta(hours=23)  # deterministic: the night of ``day``
+    held = ingestor.last_day_before
     store_ingestion(con, outcome, run_id, day, stamp=stamp)
-    promote_staged_bars(con, run_id)
+    stats, _, _ = promote_staged_bars(con, run_id)
     if ingestor.window_start is not None:  # a full-window night re-delivers (and re-stamps) these rows
         con.execute("UPDATE bars SET run_id = ? WHERE date >= ? AND run_id <> ?",
                     [run_id, ingestor.window_start.to_pydatetime(), run_id])
+        if held is not None and stats.inserted and not stats.updated and not stats.unchanged:
+            # night ``day`` (run id ``run_id``) reads the bars held in memory plus tonight's rows
+            bars_cache.extend(con, run_id, read_bars(con, start=held + timedelta(days=1)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class IncrementalIngestion:
     entitled: frozenset[str]
     last_day: date | None = None
     windows: dict[str, _SymbolWindow] = field(default_factory=dict)
+    last_day_before: date | None = None  # the night before the last one (a delta night: its rows came after it)
     window_start: pd.Timestamp | None = None  # the earliest date the last night's window holds
     key: tuple[Any, ...] = ()  # what the carried window depends on (policies in force can change)
     full_nights: int = 0
@@ -97,7 +98,7 @@ class IncrementalIngestion:
         merged = self._merge(pol, delta, day)
         if merged is None:
             return self._full(pol, day, archive_dir)
-        self.last_day = day
+        self.last_day_before, self.last_day = self.last_day, day
         self.delta_nights += 1
         return merged
 
@@ -107,7 +108,7 @@ class IncrementalIngestion:
         out = ingest_universe(policies=pol, providers=self.providers, configured_provider=self.configured,
                               entitled=self.entitled, end=day, archive_dir=archive_dir)
         self.full_nights += 1
-        self.windows, self.last_day, self.window_start = {}, None, None
+        self.windows, self.last_day, self.window_start, self.last_day_before = {}, None, None, None
         if not self.eligible:
             return out
         rej_dates = pd.to_datetime(out.rejects["date"], errors="coerce", format="mixed") \
