@@ -55,6 +55,7 @@ from ais_pipelines.warehouse import read_bars, read_table, replace_partition
 REPLAY_ACTOR_TAG = "scripted"
 APPROVAL_TTL_S = 300
 MINUTES_AFTER_OPEN = 30
+FLUSH_EVERY = 21  # sessions between the batched writes of partitions no step reads back (replay_store)
 DIGEST_TABLES = {  # what "same decisions, orders, fills and NAV" means: table → sort key
     "capital_allocations": ["as_of", "candidate_id"],
     "order_proposals": ["as_of", "order_id"],
@@ -245,6 +246,7 @@ class WindowedHistory:
         self.provider = provider
         self.name = provider.name
         self._full: dict[str, Any] = {}
+        self._dates: dict[str, tuple[np.ndarray, bool]] = {}  # symbol → (dates, sorted): searched nightly
 
     def _whole(self, request: Any) -> Any:
         from ais_pipelines.market_data.base import ProviderError
@@ -267,12 +269,16 @@ class WindowedHistory:
         if isinstance(whole, Exception):
             raise whole
         lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-        dates = whole.frame["date"]
-        if dates.is_monotonic_increasing:  # one contiguous slice (the generator's order)
-            a, b = int(dates.searchsorted(lo, "left")), int(dates.searchsorted(hi, "right"))
+        if request.symbol not in self._dates:
+            col = whole.frame["date"]
+            self._dates[request.symbol] = (col.to_numpy(), bool(col.is_monotonic_increasing))
+        dates, ordered = self._dates[request.symbol]
+        if ordered:  # one contiguous slice (the generator's order)
+            a = int(dates.searchsorted(lo.to_datetime64(), "left"))
+            b = int(dates.searchsorted(hi.to_datetime64(), "right"))
             rows: slice | np.ndarray = slice(a, b)
         else:
-            rows = np.flatnonzero(((dates >= lo) & (dates <= hi)).to_numpy())
+            rows = np.flatnonzero((dates >= lo.to_datetime64()) & (dates <= hi.to_datetime64()))
         frame = whole.frame.iloc[rows].reset_index(drop=True)
         raw = whole.raw.take(rows) if isinstance(whole.raw, RawRecords) else (
             whole.raw[rows] if isinstance(rows, slice) else [whole.raw[i] for i in rows])
@@ -632,6 +638,8 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
             # issue 13: the policies in force on d (effective dates), through the same loader
             rows.append(run_session(con, pol.as_of_session(d), store, audit, cfg, rules, env_policy, d, i, state,
                                     ingestor, refit, timings))
+            if (i + 1) % FLUSH_EVERY == 0:
+                con.flush()  # the held partitions (tables no step has read back since) in batches
             if progress is not None:
                 progress(Progress(i + 1, len(sessions), d, time.perf_counter() - t0))
         track = pd.DataFrame(rows)

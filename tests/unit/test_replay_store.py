@@ -45,6 +45,17 @@ def test_reads_and_table_list_follow_every_write_exactly() -> None:
                 pd.testing.assert_frame_equal(read_table(cached, table, where, params),
                                               read_table(plain, table, where, params))
     assert cached.hits > 0 and cached.misses > 0
+    # partitions nobody reads back are held and written in one batch, the table as DuckDB's
+    for k in range(5):
+        frame = pd.DataFrame({"x": [float(k)] * 3, "s": [f"s{k}"] * 3, "t": pd.Series(["a", None, "b"], dtype="string")})
+        for c in (plain, cached):
+            replace_partition(c, "held", frame, "as_of", date(2026, 11, 10 + k))
+    replace_partition(plain, "held", pd.DataFrame({"x": [9.0]}), "as_of", date(2026, 11, 10))
+    replace_partition(cached, "held", pd.DataFrame({"x": [9.0]}), "as_of", date(2026, 11, 10))
+    assert cached.writes >= 6 and table_exists(cached, "held") and cached.merged == 0
+    pd.testing.assert_frame_equal(cached.execute('SELECT * FROM "held"').df(), plain.execute('SELECT * FROM "held"').df())
+    assert cached.execute('DESCRIBE "held"').fetchall() == plain.execute('DESCRIBE "held"').fetchall()
+    assert cached.merged == 4  # the first created the table, the last replaced a partition of another shape
     # a registered frame is a table while registered, as for DuckDB
     cached.register("incoming", pd.DataFrame({"a": [1]}))
     plain.register("incoming", pd.DataFrame({"a": [1]}))
