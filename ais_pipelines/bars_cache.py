@@ -56,6 +56,24 @@ def run_bars(
     return out.reset_index(drop=True)
 
 
+def extend(con: duckdb.DuckDBPyConnection, run_id: str, added: pd.DataFrame) -> bool:
+    """Carry the held read to ``run_id`` after ``added`` (``read_bars`` of exactly the rows just
+    inserted, none replaced) — the walk-forward replay's next night (issue 12) then reads the
+    bars table once per replay instead of once per night. Carried only when the table grew by
+    exactly those rows since the held read; the frame is then ``read_bars(con)``'s: the same rows
+    in (symbol, date) order. False: nothing held or not provably the same (the next read reads)."""
+    global _entry
+    if _entry is None or not len(added):
+        return False
+    key = _key(con, run_id)
+    held_key, frame = _entry
+    if held_key[1] != key[1] or held_key[2] + len(added) != key[2]:
+        return False
+    grown = pd.concat([frame, added[frame.columns]], ignore_index=True)
+    _entry = (key, grown.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True))
+    return True
+
+
 def clear() -> None:
     global _entry
     _entry = None

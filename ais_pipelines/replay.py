@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ais_pipelines import bars_cache, intraday, nightly
 from ais_pipelines import execution as ex
-from ais_pipelines import intraday, nightly
 from ais_pipelines.config import Policies
 from ais_pipelines.core import trading_state as ts
 from ais_pipelines.core.audit import AuditAnchor, AuditChain
@@ -47,12 +47,15 @@ from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.strategy_performance import owners, performance, strategy_day, symbol_pnl
 from ais_pipelines.ledger.store import LedgerStore, SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
+from ais_pipelines.replay_ingest import IncrementalIngestion
 from ais_pipelines.replay_rules import ReplayRules, load_replay_rules
+from ais_pipelines.replay_store import ReadCachingWarehouse
 from ais_pipelines.warehouse import read_bars, read_table, replace_partition
 
 REPLAY_ACTOR_TAG = "scripted"
 APPROVAL_TTL_S = 300
 MINUTES_AFTER_OPEN = 30
+FLUSH_EVERY = 21  # sessions between the batched writes of partitions no step reads back (replay_store)
 DIGEST_TABLES = {  # what "same decisions, orders, fills and NAV" means: table → sort key
     "capital_allocations": ["as_of", "candidate_id"],
     "order_proposals": ["as_of", "order_id"],
@@ -243,6 +246,7 @@ class WindowedHistory:
         self.provider = provider
         self.name = provider.name
         self._full: dict[str, Any] = {}
+        self._dates: dict[str, tuple[np.ndarray, bool]] = {}  # symbol → (dates, sorted): searched nightly
 
     def _whole(self, request: Any) -> Any:
         from ais_pipelines.market_data.base import ProviderError
@@ -259,19 +263,25 @@ class WindowedHistory:
     def fetch_daily_bars(self, request: Any, start: date, end: date) -> Any:
         from dataclasses import replace
 
-        from ais_pipelines.market_data.base import ProviderEmptyError
+        from ais_pipelines.market_data.base import ProviderEmptyError, RawRecords
 
         whole = self._whole(request)
         if isinstance(whole, Exception):
             raise whole
         lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-        dates = whole.frame["date"]
-        if dates.is_monotonic_increasing:  # one contiguous slice (the generator's order)
-            a, b = int(dates.searchsorted(lo, "left")), int(dates.searchsorted(hi, "right"))
-            frame, raw = whole.frame.iloc[a:b].reset_index(drop=True), whole.raw[a:b]
+        if request.symbol not in self._dates:
+            col = whole.frame["date"]
+            self._dates[request.symbol] = (col.to_numpy(), bool(col.is_monotonic_increasing))
+        dates, ordered = self._dates[request.symbol]
+        if ordered:  # one contiguous slice (the generator's order)
+            a = int(dates.searchsorted(lo.to_datetime64(), "left"))
+            b = int(dates.searchsorted(hi.to_datetime64(), "right"))
+            rows: slice | np.ndarray = slice(a, b)
         else:
-            keep = ((dates >= lo) & (dates <= hi)).to_numpy()
-            frame, raw = whole.frame[keep].reset_index(drop=True), [whole.raw[i] for i in np.flatnonzero(keep)]
+            rows = np.flatnonzero((dates >= lo.to_datetime64()) & (dates <= hi.to_datetime64()))
+        frame = whole.frame.iloc[rows].reset_index(drop=True)
+        raw = whole.raw.take(rows) if isinstance(whole.raw, RawRecords) else (
+            whole.raw[rows] if isinstance(rows, slice) else [whole.raw[i] for i in rows])
         if frame.empty:
             raise ProviderEmptyError(f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
                                      provider=self.name)
@@ -289,19 +299,23 @@ class WindowedHistory:
         return out
 
 
-def ingest_session(con: Any, pol: Policies, providers: dict[str, Any], configured: str, entitled: frozenset[str],
-                   day: date, archive_root: Path) -> int:
-    """The nightly ingestion of ``day``: the same two stages as raw_daily_bars + daily_bars."""
+def ingest_session(con: Any, pol: Policies, ingestor: IncrementalIngestion, day: date, archive_root: Path) -> None:
+    """The nightly ingestion of ``day``: the same two stages as raw_daily_bars + daily_bars, fed
+    the full fetch window's outcome incrementally (:mod:`ais_pipelines.replay_ingest`)."""
     from ais_pipelines.data_stages import promote_staged_bars, store_ingestion
-    from ais_pipelines.ingestion import ingest_universe
 
     run_id = f"replay-{day.isoformat()}"
-    outcome = ingest_universe(policies=pol, providers=providers, configured_provider=configured, entitled=entitled,
-                              end=day, archive_dir=archive_root / run_id)
+    outcome = ingestor.outcome(pol, day, archive_root / run_id)
     stamp = pd.Timestamp(day) + pd.Timedelta(hours=23)  # deterministic: the night of ``day``
+    held = ingestor.last_day_before
     store_ingestion(con, outcome, run_id, day, stamp=stamp)
-    promote_staged_bars(con, run_id)
-    return len(outcome.bars)
+    stats, _, _ = promote_staged_bars(con, run_id)
+    if ingestor.window_start is not None:  # a full-window night re-delivers (and re-stamps) these rows
+        con.execute("UPDATE bars SET run_id = ? WHERE date >= ? AND run_id <> ?",
+                    [run_id, ingestor.window_start.to_pydatetime(), run_id])
+        if held is not None and stats.inserted and not stats.updated and not stats.unchanged:
+            # night ``day`` (run id ``run_id``) reads the bars held in memory plus tonight's rows
+            bars_cache.extend(con, run_id, read_bars(con, start=held + timedelta(days=1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,15 +448,14 @@ def _expire_day_orders(oms: OrderManagementSystem, store: LedgerStore) -> int:
 
 def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, cfg: ReplayConfig,
                 rules: ReplayRules, env_policy: ex.EnvironmentPolicy, as_of: date, index: int, state: _State,
-                providers: tuple[str, dict[str, Any], frozenset[str]], refit: bool,
+                ingestor: IncrementalIngestion, refit: bool,
                 timings: dict[str, float]) -> dict[str, Any]:
-    configured, provs, entitled = providers
     D = pd.Timestamp(as_of)
     t0 = time.perf_counter()
     night = nightly.run_nightly(con, pol, D, cfg.out / nightly.WARM_DIR, refit=refit, run_id=f"replay-{as_of}")
     t1 = time.perf_counter()
     traded = next_session(as_of, replay_calendars(pol))
-    ingest_session(con, pol, provs, configured, entitled, traded, cfg.out / "raw")
+    ingest_session(con, pol, ingestor, traded, cfg.out / "raw")
     market = market_of(con, traded)
     t2 = time.perf_counter()
 
@@ -611,19 +624,22 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     audit = AuditChain(audit_store, anchor=AuditAnchor(cfg.out / "audit_anchor.json", audit_store.ledger_id))
     # The replay works on an in-memory warehouse (no WAL commit per partition write, scans of
     # memory) and persists it to out/warehouse.duckdb at the end, also when a session fails.
-    con = duckdb.connect(":memory:")
+    con = ReadCachingWarehouse(duckdb.connect(":memory:"))
     state = _State()
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
     cron = pol.models.refit.cron
     t0 = time.perf_counter()
     try:
-        ingest_session(con, pol, providers[1], providers[0], providers[2], sessions[0], cfg.out / "raw")
+        ingestor = IncrementalIngestion(providers[1], providers[0], providers[2])
+        ingest_session(con, pol.as_of_session(sessions[0]), ingestor, sessions[0], cfg.out / "raw")
         for i, d in enumerate(sessions):
             refit = (i == 0 and rules.refit.initial) or refit_due(cron, d, next_session(d, cals))
             # issue 13: the policies in force on d (effective dates), through the same loader
             rows.append(run_session(con, pol.as_of_session(d), store, audit, cfg, rules, env_policy, d, i, state,
-                                    providers, refit, timings))
+                                    ingestor, refit, timings))
+            if (i + 1) % FLUSH_EVERY == 0:
+                con.flush()  # the held partitions (tables no step has read back since) in batches
             if progress is not None:
                 progress(Progress(i + 1, len(sessions), d, time.perf_counter() - t0))
         track = pd.DataFrame(rows)

@@ -139,6 +139,12 @@ class RawRecords(Sequence[dict[str, Any]]):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.to_records())
 
+    def take(self, rows: slice | np.ndarray) -> RawRecords:
+        """The records at ``rows`` (a slice or integer positions), still columnar: the same
+        records as ``[self[i] for i in rows]`` without a dict per record (issue 12: the replay
+        slices one generated history to each night's window)."""
+        return RawRecords({k: (v[rows] if isinstance(v, np.ndarray) else v) for k, v in self._columns.items()})
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RawRecords):
             other = other.to_records()

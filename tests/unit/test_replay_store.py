@@ -1,0 +1,69 @@
+"""The replay's read-caching warehouse connection (issue 12) answers exactly what DuckDB does."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import pandas as pd
+
+from ais_pipelines.replay_store import ReadCachingWarehouse
+from ais_pipelines.warehouse import append_rows, read_table, replace_partition, table_exists, upsert_bars
+
+
+def _both() -> tuple[duckdb.DuckDBPyConnection, ReadCachingWarehouse]:
+    return duckdb.connect(), ReadCachingWarehouse(duckdb.connect())
+
+
+def test_reads_and_table_list_follow_every_write_exactly() -> None:
+    plain, cached = _both()
+    d1, d2 = date(2026, 11, 18), date(2026, 11, 19)
+    steps = [
+        lambda c: replace_partition(c, "t", pd.DataFrame({"x": [1.0, 2.0], "s": ["a", "b"]}), "as_of", d1),
+        lambda c: replace_partition(c, "t", pd.DataFrame({"x": [3.0]}), "as_of", d2),
+        lambda c: replace_partition(c, "t", pd.DataFrame({"x": [4.0], "s": ["c"], "new": [True]}), "as_of", d1),
+        lambda c: replace_partition(c, "t", pd.DataFrame(columns=["x"]), "as_of", d2),  # empties d2
+        lambda c: append_rows(c, "log", pd.DataFrame({"k": ["a"]})),
+        lambda c: append_rows(c, "log", pd.DataFrame({"k": ["b"]})),
+        lambda c: c.execute("UPDATE log SET k = 'z' WHERE k = 'a'"),
+        lambda c: c.execute("ALTER TABLE log ADD COLUMN n INTEGER"),
+        lambda c: c.execute("CREATE TABLE other AS SELECT 1 AS one"),
+        lambda c: c.execute("DROP TABLE other"),
+        lambda c: upsert_bars(c, pd.DataFrame({"symbol": ["A"], "date": [pd.Timestamp(d1)], "open": [1.0],
+                                               "high": [1.0], "low": [1.0], "close": [1.0], "volume": [1.0],
+                                               "adj_close": [1.0], "asset_class": ["STOCKS"], "provider": ["x"]}),
+                              "r1"),
+    ]
+    queries = [("t", "", ()), ("t", "as_of = ?", (d1,)), ("t", "as_of = ?", (d2,)), ("t", "as_of < ?", (d2,)),
+               ("log", "", ()), ("other", "", ()), ("bars", "", ())]
+    for step in steps:
+        step(plain)
+        step(cached)
+        for _ in range(2):  # the second read is served from memory: still equal
+            for table, where, params in queries:
+                assert table_exists(cached, table) == table_exists(plain, table), table
+                pd.testing.assert_frame_equal(read_table(cached, table, where, params),
+                                              read_table(plain, table, where, params))
+    assert cached.hits > 0 and cached.misses > 0
+    # partitions nobody reads back are held and written in one batch, the table as DuckDB's
+    for k in range(5):
+        frame = pd.DataFrame({"x": [float(k)] * 3, "s": [f"s{k}"] * 3, "t": pd.Series(["a", None, "b"], dtype="string")})
+        for c in (plain, cached):
+            replace_partition(c, "held", frame, "as_of", date(2026, 11, 10 + k))
+    replace_partition(plain, "held", pd.DataFrame({"x": [9.0]}), "as_of", date(2026, 11, 10))
+    replace_partition(cached, "held", pd.DataFrame({"x": [9.0]}), "as_of", date(2026, 11, 10))
+    assert cached.writes >= 6 and table_exists(cached, "held") and cached.merged == 0
+    pd.testing.assert_frame_equal(cached.execute('SELECT * FROM "held"').df(), plain.execute('SELECT * FROM "held"').df())
+    assert cached.execute('DESCRIBE "held"').fetchall() == plain.execute('DESCRIBE "held"').fetchall()
+    assert cached.merged == 4  # the first created the table, the last replaced a partition of another shape
+    # a registered frame is a table while registered, as for DuckDB
+    cached.register("incoming", pd.DataFrame({"a": [1]}))
+    plain.register("incoming", pd.DataFrame({"a": [1]}))
+    assert table_exists(cached, "incoming") and table_exists(plain, "incoming")
+    cached.unregister("incoming")
+    plain.unregister("incoming")
+    assert not table_exists(cached, "incoming") and not table_exists(plain, "incoming")
+    # handed-out frames are copies: a caller's edit never reaches the next reader
+    handed = read_table(cached, "t", "as_of = ?", (d1,))
+    handed.loc[0, "x"] = -1.0
+    assert read_table(cached, "t", "as_of = ?", (d1,))["x"].tolist() == [4.0]
