@@ -136,9 +136,14 @@ def _run_execution(as_of: str, stage) -> bool:
                         "'REVIEW'), count(*) FILTER (WHERE decision = 'REJECT') FROM governance_decisions "
                         "WHERE as_of = ?")
         orders = one("SELECT count(*), count(*) FILTER (WHERE state = 'FILLED') FROM execution_orders WHERE as_of = ?")
+    from ais_pipelines import control
     from ais_pipelines.cli_ops import book_line, ops_env, session_book
 
-    book = session_book(ops_env(), as_of)
+    ops = ops_env()
+    book = session_book(ops, as_of)
+    # The ledger's queue, not the decision count: a re-run of D finds its items already decided.
+    pending = control.list_reviews(ops.ledger.store(), "PENDING")
+    waiting = int((pending["as_of"].astype(str).str[:10] == str(as_of)[:10]).sum())
     parts = []
     if decisions:
         parts.append(f"{decisions[0]} approved, {decisions[1]} to review, {decisions[2]} rejected")
@@ -147,8 +152,8 @@ def _run_execution(as_of: str, stage) -> bool:
     stage.done("; ".join(parts) or "nothing decided", ok=ok)
     if book is not None:
         stage.note(book_line(book))
-    if decisions and decisions[1]:
-        stage.note(f"{decisions[1]} order(s) wait for a person: `uv run ais review list`")
+    if waiting:
+        stage.note(f"{waiting} order(s) wait for a person: `uv run ais review list`")
     return ok
 
 
