@@ -6,8 +6,8 @@ Run: ``uv run python benchmarks/bench_cli.py [--runs 5] [--runtime DIR] [--peer-
 Each command runs in a fresh process through the console entry point (``ais_pipelines.cli:main``),
 as an operator runs it. The peer is the CLI of git ref ``--peer-ref`` (``git archive`` into a
 temporary directory, same virtualenv, same runtime directory), whose ledger commands imported
-Dagster. ``--runtime`` should hold a demo run (``make demo``) and is changed: the first two
-pending review items are approved, one by each CLI (a real approval: quote, sign, submit, fill).
+Dagster. ``--runtime`` should hold a demo run (``make demo``) and is changed: its pending review items
+are approved in pairs, one by each CLI (a real approval: quote, sign, submit, fill).
 Use it in place — a copied runtime is another ledger to the audit anchor. Figures: median of
 ``--runs``, the two CLIs interleaved; written to ``benchmarks/results/cli.md``.
 """
@@ -103,11 +103,17 @@ def main() -> int:
             rows.append((" ".join(cmd), statistics.median(ours), statistics.median(theirs),
                          heavy_modules(REPO, cmd, env), first))
         items = pending_items(env)
-        if len(items) >= 2:
+        pairs = min(len(items) // 2, args.runs)
+        if pairs:  # each pending item can be approved once: pairs of items, one per CLI, interleaved
             cmd = ["review", "approve", "{item}", "--actor", "jane.doe", "--why", "benchmark"]
-            t_ours, rc_ours, line = timed(REPO, [c.format(item=items[0]) for c in cmd], env)
-            t_theirs, rc_theirs, _ = timed(peer, [c.format(item=items[1]) for c in cmd], env)
-            rows.append(("review approve PENDING-ITEM (real approval, 1 run)", t_ours, t_theirs, "-", line))
+            ours, theirs, line = [], [], ""
+            for k in range(pairs):
+                t, _rc, first = timed(REPO, [c.format(item=items[2 * k]) for c in cmd], env)
+                ours.append(t)
+                line = line or first
+                theirs.append(timed(peer, [c.format(item=items[2 * k + 1]) for c in cmd], env)[0])
+            rows.append((f"review approve PENDING-ITEM (real approval, median of {pairs})", statistics.median(ours),
+                         statistics.median(theirs), "-", line))
     machine = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
     load = os.getloadavg()[0]
     lines = [
