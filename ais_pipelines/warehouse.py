@@ -10,7 +10,8 @@ Plain functions over a DuckDB connection, no Dagster. Two write patterns only:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 
@@ -41,6 +42,18 @@ class UpsertStats:
     inserted: int
     updated: int
     unchanged: int
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN … COMMIT, rolled back on any error: each write pattern is all or nothing."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
 
 
 def ensure_bars_table(con: duckdb.DuckDBPyConnection) -> None:
@@ -91,8 +104,7 @@ def upsert_staged_bars(con: duckdb.DuckDBPyConnection, staging_table: str) -> Up
 
 
 def _upsert_from(con: duckdb.DuckDBPyConnection, source: str) -> UpsertStats:
-    try:
-        con.execute("BEGIN TRANSACTION")
+    with transaction(con):
         inserted, updated, unchanged = fetch_one(
             con,
             f"""
@@ -106,10 +118,6 @@ def _upsert_from(con: duckdb.DuckDBPyConnection, source: str) -> UpsertStats:
             """,
         )
         con.execute(f"INSERT OR REPLACE INTO bars BY NAME SELECT * FROM {source}")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return UpsertStats(int(inserted), int(updated), int(unchanged))
 
 
@@ -153,8 +161,7 @@ def replace_partition(
     if defer is not None:
         return int(defer(table, frame, key, value))
     if frame.empty:
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             if table_exists(con, table):
                 con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
             else:
@@ -164,10 +171,6 @@ def replace_partition(
                                 "FROM empty_partition LIMIT 0")
                 finally:
                     con.unregister("empty_partition")
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         return 0
     frame = frame.copy()
     frame[key] = value
@@ -178,8 +181,7 @@ def replace_partition(
             # one transaction, DuckDB 2.0 answers later parameterized filters on the table with no rows
             # in the same database instance (found by the 100-symbol replay, issue 12).
             con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM incoming_partition LIMIT 0')
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             existing = {r[0]: r[1] for r in con.execute(f"DESCRIBE \"{table}\"").fetchall()}
             for col in frame.columns:
                 if col not in existing:  # additive schema evolution only
@@ -192,10 +194,6 @@ def replace_partition(
                         con.execute(f'ALTER TABLE "{table}" ALTER "{col}" TYPE {dtype[0]}')
             con.execute(f'DELETE FROM "{table}" WHERE "{key}" = ?', [value])
             con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_partition')
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
     finally:
         con.unregister("incoming_partition")
     return len(frame)
@@ -258,14 +256,9 @@ def _insert_run(con: duckdb.DuckDBPyConnection, table: str, key: str,
     both = pd.concat([f.assign(**{key: v}) for v, f in run], ignore_index=True)
     con.register("incoming_partitions", both)
     try:
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(f'DELETE FROM "{table}" WHERE list_contains(?, "{key}")', [[v for v, _ in run]])
             con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_partitions')
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
     finally:
         con.unregister("incoming_partitions")
 

@@ -1,6 +1,7 @@
 """Data quality (§B3–B5): per-symbol flags, score and the two tradability gates as checks."""
 
 import json
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -55,21 +56,14 @@ def data_quality(
         except NoIngestionError as exc:
             raise dg.Failure(str(exc)) from exc
     table, health = run.table, run.health
-    counts = table["status"].value_counts().to_dict()
     worst = table.sort_values("data_quality_score").head(15)
     by_flag = run.events.groupby("flag").agg(events=("symbol", "size"), symbols=("symbol", "nunique"),
                                                   first=("session", "min"), last=("session", "max")).reset_index()
     return dg.MaterializeResult(
         metadata={
             "dagster/column_schema": column_schema(table),
-            "as_of": str(as_of.date()),
-            "symbols": len(table),
-            "valid": int(counts.get("VALID", 0)),
-            "invalid_data": int(counts.get("INVALID_DATA", 0)),
-            "insufficient_history": int(counts.get("INSUFFICIENT_HISTORY", 0)),
-            "mean_score": float(table["data_quality_score"].mean()),
+            **quality_summary(table, health, as_of),
             "min_score": float(table["data_quality_score"].min()),
-            "data_health": "ok" if health.ok else f"{ReasonCode.DATA_HEALTH_BREACH}: {health.summary()}",
             "tradable_share": float(health.metrics["tradable_share"]),
             "provider_failure_rate": float(health.metrics["provider_failure_rate"]),
             "stale_share": float(health.metrics["stale_share"]),
@@ -81,6 +75,21 @@ def data_quality(
             "dagster/row_count": len(table),
         }
     )
+
+
+def quality_summary(table: pd.DataFrame, health: Any, as_of: pd.Timestamp) -> dict[str, Any]:
+    """The numbers every data_quality materialization shows (unsharded or a shards' fan-in)."""
+    counts = table["status"].value_counts().to_dict()
+    return {
+        "as_of": str(as_of.date()),
+        "symbols": len(table),
+        "valid": int(counts.get("VALID", 0)),
+        "invalid_data": int(counts.get("INVALID_DATA", 0)),
+        "insufficient_history": int(counts.get("INSUFFICIENT_HISTORY", 0)),
+        "mean_score": float(table["data_quality_score"].mean()),
+        "data_health": "ok" if health.ok else f"{ReasonCode.DATA_HEALTH_BREACH}: {health.summary()}",
+        "dagster/row_count": len(table),
+    }
 
 
 def gate_sentence(excluded: list[str], status: str, tradable: int, minimum: int) -> str:

@@ -124,17 +124,9 @@ def _quality_fan_in(context: dg.OpExecutionContext, policies: PoliciesResource, 
     if missing:  # every shard stores a row for each of its symbols; a gap is a lost shard
         raise dg.Failure(f"{len(missing)} universe symbols have no quality row for {as_of.date()}: "
                          f"{', '.join(missing[:10])}")
-    counts = table["status"].value_counts().to_dict()
-    yield dg.Output(None, metadata={
-        "as_of": str(as_of.date()),
-        "symbols": len(table),
-        "valid": int(counts.get("VALID", 0)),
-        "invalid_data": int(counts.get("INVALID_DATA", 0)),
-        "insufficient_history": int(counts.get("INSUFFICIENT_HISTORY", 0)),
-        "mean_score": float(table["data_quality_score"].mean()),
-        "data_health": "ok" if health.ok else health.summary(),
-        "dagster/row_count": len(table),
-    })
+    from assets.quality import quality_summary
+
+    yield dg.Output(None, metadata=quality_summary(table, health, as_of))
 
 
 def sharded_data_assets(shards: int) -> list[dg.AssetsDefinition]:

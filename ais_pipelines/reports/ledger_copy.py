@@ -35,6 +35,7 @@ from sqlalchemy import Engine
 
 from ais_pipelines.core.accounting import FILL_PNL_COLUMNS, AccountingError, fill_pnl
 from ais_pipelines.ledger import models as m
+from ais_pipelines.warehouse import transaction
 
 LEDGER_TABLES: tuple[str, ...] = (
     "orders",
@@ -247,8 +248,7 @@ def copy_ledger_to_warehouse(
         pnl, error = _fill_pnl_frame(snapshot["fills"][1])
 
     rows: dict[str, int] = {}
-    duckdb_con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(duckdb_con):
         for name, (columns, frame) in snapshot.items():
             rows[warehouse_table(name)] = _replace(duckdb_con, warehouse_table(name), columns, frame)
         if pnl is not None:
@@ -265,10 +265,6 @@ def copy_ledger_to_warehouse(
         _replace(duckdb_con, META_TABLE, [("table_name", "VARCHAR"), ("source_table", "VARCHAR"),
                                           ("row_count", "BIGINT"), ("present_in_ledger", "BOOLEAN"),
                                           ("copied_at", "TIMESTAMP")], meta)
-        duckdb_con.execute("COMMIT")
-    except Exception:
-        duckdb_con.execute("ROLLBACK")
-        raise
     return LedgerCopyResult(rows=rows, missing=tuple(missing), copied_at=copied_at, accounting_error=error)
 
 

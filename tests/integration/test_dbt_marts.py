@@ -428,6 +428,38 @@ def test_one_truth_cli_report_metrics_and_mart_agree(built, monkeypatch):
     assert cli_ops.book_line(cli).startswith(f"Book at the end of {session} ")
 
 
+def test_marts_on_the_parquet_store_equal_the_duckdb_files(built, tmp_path):
+    """Issue 15: with the Parquet store, ledger_snapshot writes into the store and dbt builds the
+    same marts in a DuckDB copy beside it (``warehouse_marts.duckdb``); every dbt test passes.
+    (Runs before the planted violations below change the reference warehouse.)"""
+    from ais_pipelines.warehouse_store import copy_duckdb_to_parquet, forget_cached
+    from assets.reporting import MARTS_FILE_OF_PARQUET_STORE, build_dbt_assets, ledger_snapshot
+    from resources.warehouse import WarehouseResource
+
+    fx, _ = built
+    other = build_fixture(tmp_path / "p")
+    store = tmp_path / "p" / "warehouse_parquet"
+    copy_duckdb_to_parquet(other.warehouse, store)
+    other.warehouse.unlink()
+    resources = {**marts_resources(other), "warehouse": WarehouseResource(database=str(store), store="parquet")}
+    try:
+        result = dg.materialize([ledger_snapshot, build_dbt_assets()], resources=resources,
+                                instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    finally:
+        forget_cached()
+    assert result.success
+    assert [c.check_name for c in result.get_asset_check_evaluations() if not c.passed] == []
+    marts = tmp_path / "p" / MARTS_FILE_OF_PARQUET_STORE
+    assert not other.warehouse.exists() and (store / "ledger_orders" / "main.parquet").exists()
+    for mart in ("orders", "fills", "pnl_history", "positions", "capital_allocations", "governance_decisions"):
+        con = duckdb.connect(str(marts), read_only=True)
+        try:
+            got = con.execute(f"SELECT * FROM marts.{mart} ORDER BY ALL").df()
+        finally:
+            con.close()
+        pd.testing.assert_frame_equal(got, query(fx, f"SELECT * FROM marts.{mart} ORDER BY ALL"), obj=mart)
+
+
 def test_planted_violations_fail_the_governance_tests(built):
     fx, _ = built
     con = duckdb.connect(str(fx.warehouse))
@@ -499,33 +531,3 @@ def test_lean_dbt_resource_reports_the_version_of_the_dbt_it_runs():
     assert str(lean._cli_version) == cli
     assert lean._initialize_dbt_core_adapter([]) is None
 
-
-def test_marts_on_the_parquet_store_equal_the_duckdb_files(built, tmp_path):
-    """Issue 15: with the Parquet store, ledger_snapshot writes into the store and dbt builds the
-    same marts in a DuckDB copy beside it (``warehouse_marts.duckdb``); every dbt test passes."""
-    from ais_pipelines.warehouse_store import copy_duckdb_to_parquet, forget_cached
-    from assets.reporting import MARTS_FILE_OF_PARQUET_STORE, build_dbt_assets, ledger_snapshot
-    from resources.warehouse import WarehouseResource
-
-    fx, _ = built
-    other = build_fixture(tmp_path / "p")
-    store = tmp_path / "p" / "warehouse_parquet"
-    copy_duckdb_to_parquet(other.warehouse, store)
-    other.warehouse.unlink()
-    resources = {**marts_resources(other), "warehouse": WarehouseResource(database=str(store), store="parquet")}
-    try:
-        result = dg.materialize([ledger_snapshot, build_dbt_assets()], resources=resources,
-                                instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-    finally:
-        forget_cached()
-    assert result.success
-    assert [c.check_name for c in result.get_asset_check_evaluations() if not c.passed] == []
-    marts = tmp_path / "p" / MARTS_FILE_OF_PARQUET_STORE
-    assert not other.warehouse.exists() and (store / "ledger_orders" / "main.parquet").exists()
-    for mart in ("orders", "fills", "pnl_history", "positions", "capital_allocations", "governance_decisions"):
-        con = duckdb.connect(str(marts), read_only=True)
-        try:
-            got = con.execute(f"SELECT * FROM marts.{mart} ORDER BY ALL").df()
-        finally:
-            con.close()
-        pd.testing.assert_frame_equal(got, query(fx, f"SELECT * FROM marts.{mart} ORDER BY ALL"), obj=mart)
