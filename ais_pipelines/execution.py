@@ -1177,9 +1177,8 @@ def work_orders(
 
 def latest_activity(ledger: LedgerStore) -> datetime | None:
     """The newest instant the ledger recorded (execution events, fills, order updates)."""
-    stamps = [e.ts for e in ledger.execution_events()] + [f.ts for f in ledger.fills()]
-    stamps += [o.updated_at for o in ledger.list_orders()]
-    return max((ensure_utc(t) for t in stamps), default=None)
+    latest = ledger.latest_activity()
+    return None if latest is None else ensure_utc(latest)
 
 
 def approved_orders_from_ledger(ledger: LedgerStore, approval_ids: Iterable[str]) -> list[ApprovedOrder]:
@@ -1226,8 +1225,7 @@ def verify_executed_approvals(ledger: LedgerStore, key: bytes, as_of: date | str
 
 def session_orders(ledger: LedgerStore, as_of: date | str) -> list[Any]:
     """Ledger orders whose signed payload belongs to session ``as_of``."""
-    day = str(pd.Timestamp(as_of).date())
-    return [o for o in ledger.list_orders() if isinstance(o.payload, dict) and o.payload.get("as_of") == day]
+    return ledger.session_orders(str(pd.Timestamp(as_of).date()))
 
 
 def unresolved_intents(ledger: LedgerStore, as_of: date | str) -> list[Any]:

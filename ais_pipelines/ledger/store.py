@@ -565,6 +565,22 @@ class LedgerStore:
         with self.transaction() as conn:
             return [_order(r) for r in conn.execute(q)]
 
+    def session_orders(self, as_of: str) -> list[OrderRecord]:
+        """Orders whose signed payload belongs to session ``as_of`` (ISO date), in ``list_orders``
+        order: filtered in SQL, not by reading every order ever made (issue 12: 63 ms a call after
+        252 replayed sessions)."""
+        o = m.orders.c
+        q = select(m.orders).where(o.payload["as_of"].as_string() == as_of).order_by(o.created_at, o.client_order_id)
+        with self.transaction() as conn:
+            return [_order(r) for r in conn.execute(q)]
+
+    def latest_activity(self) -> datetime | None:
+        """The newest instant recorded (execution events, fills, order updates): three aggregates."""
+        cols = (m.execution_events.c.ts, m.fills.c.ts, m.orders.c.updated_at)
+        with self.transaction() as conn:
+            stamps = [conn.execute(select(func.max(c))).scalar() for c in cols]
+        return max((t for t in stamps if t is not None), default=None)
+
     def order_events(self, client_order_id: str) -> list[OrderEventRecord]:
         e = m.order_events.c
         with self.transaction() as conn:

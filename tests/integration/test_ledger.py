@@ -462,3 +462,26 @@ def test_tampering_in_the_table_is_detected(engine, ledger):
         conn.execute(update(m.audit_log).where(m.audit_log.c.seq == 2).values(payload={"i": 99}))
     result = chain.verify()
     assert not result.ok and result.first_broken_seq == 2
+
+
+def test_session_orders_and_latest_activity_in_sql_equal_the_full_scans(ledger):
+    """Issue 12: both read in SQL instead of every order/fill/event ever recorded; same answers
+    (SQLite and PostgreSQL) as filtering the full lists in Python."""
+    from ais_pipelines.execution import latest_activity, session_orders
+
+    assert latest_activity(ledger) is None and session_orders(ledger, "2024-03-05") == []
+    for n, day in enumerate(["2024-03-05", "2024-03-06", "2024-03-05", "2024-03-07"], start=1):
+        order = intent(n)
+        order.payload["as_of"] = day
+        ledger.create_order_intent(order, signature="ab" * 32, expires_at=EXPIRES, now=T0 + timedelta(minutes=n))
+    ledger.apply_broker_state("cid-2", target_state=OrderState.FILLED, now=T0 + timedelta(minutes=9),
+                              broker_order_id="b-2", fills=[fill("f1", 100, 10.0, cid="cid-2")], filled_qty=100)
+    ledger.record_execution_event("SHADOW_DECISION", now=T0 + timedelta(minutes=30), payload={})
+    for day in ("2024-03-05", "2024-03-06", "2024-03-07", "2024-03-08"):
+        expected = [o.client_order_id for o in ledger.list_orders() if o.payload.get("as_of") == day]
+        assert [o.client_order_id for o in session_orders(ledger, day)] == expected
+    assert [o.client_order_id for o in session_orders(ledger, "2024-03-05")] == ["cid-1", "cid-3"]
+    stamps = [e.ts for e in ledger.execution_events()] + [f.ts for f in ledger.fills()]
+    stamps += [o.updated_at for o in ledger.list_orders()]
+    assert latest_activity(ledger) == max(stamps) == T0 + timedelta(minutes=30)
+    assert latest_activity(ledger).tzinfo is not None
