@@ -14,17 +14,9 @@ from pathlib import Path
 
 import typer
 
+from ais_pipelines.cli_support import runtime_dir, warehouse_path
+
 LATEST = "latest"
-
-
-def _runtime() -> Path:
-    return Path(os.environ.get("AIS_RUNTIME_DIR", "runtime")).resolve()
-
-
-def _warehouse_path() -> Path:
-    from ais_pipelines.warehouse_location import default_location
-
-    return Path(os.environ.get("AIS_WAREHOUSE", str(default_location(_runtime()))))
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -82,7 +74,7 @@ def ingest(
         except ValueError:
             raise _fail(f"--as-of {as_of!r}: expected YYYY-MM-DD or 'latest'", 2) from None
     t0 = time.perf_counter()
-    root = _runtime()
+    root = runtime_dir()
     run_id = f"ingest-{uuid.uuid4().hex[:12]}"
     files = FilesProvider(directory)
     typer.echo(f"[1/5] reading {directory} …")
@@ -117,8 +109,8 @@ def ingest(
                     "Check the dates (a later --as-of?) and the rejects listed by `ais quality show SYMBOL`.")
     d = pd.Timestamp(outcome.bars["date"].max()) if as_of == LATEST else end
     pol_d = pol.as_of_session(d.date())
-    typer.echo(f"[3/5] storing into {_warehouse_path()} …")
-    with connect_warehouse(str(_warehouse_path())) as con:
+    typer.echo(f"[3/5] storing into {warehouse_path()} …")
+    with connect_warehouse(str(warehouse_path())) as con:
         acc = store_ingestion(con, outcome, run_id, end.date())
         stats, _, _ = promote_staged_bars(con, run_id)
         typer.echo(f"      rows read {acc.read:,} = stored {acc.stored:,} + rejected {acc.rejected:,}"
@@ -209,7 +201,7 @@ def quality_show(
     from ais_pipelines.warehouse import fetch_one, read_table, table_exists
     from ais_pipelines.warehouse_store import connect_warehouse
 
-    db = _warehouse_path()
+    db = warehouse_path()
     if not db.exists():
         raise _fail(f"no warehouse at {db}: run `ais ingest` or the nightly job first [WAREHOUSE_MISSING]")
     with connect_warehouse(str(db), read_only=True) as con:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ais_pipelines.core.calendar_names import CALENDAR_CACHE_ENV as CALENDAR_CACHE_ENV  # what it sets
+
 PRIVATE_UMASK = 0o077
 
 
@@ -45,9 +47,6 @@ def restrict(path: str | os.PathLike[str]) -> None:
     for candidate in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.wal")):
         if candidate.exists():
             os.chmod(candidate, 0o600)
-
-
-CALENDAR_CACHE_ENV = "AIS_CALENDAR_CACHE_DIR"  # read by core.calendars.session_table
 
 
 def use_calendar_cache(runtime_root: str | os.PathLike[str]) -> None:

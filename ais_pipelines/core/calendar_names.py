@@ -7,6 +7,9 @@ from functools import lru_cache
 
 from ais_pipelines.core.asset_classes import AssetClass
 
+# The folder of the session tables' cache (core.calendars.session_table); the runtime sets it.
+CALENDAR_CACHE_ENV = "AIS_CALENDAR_CACHE_DIR"
+
 # Default calendar per asset class; policies/universe.yaml may override per class or symbol.
 DEFAULT_CALENDARS: dict[AssetClass, str] = {
     AssetClass.STOCKS: "XNYS",

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 # Re-exported: their home is calendar_names (no pandas, for the policy loader).
+from ais_pipelines.core.calendar_names import CALENDAR_CACHE_ENV
 from ais_pipelines.core.calendar_names import DEFAULT_CALENDARS as DEFAULT_CALENDARS
 from ais_pipelines.core.calendar_names import calendar_name as calendar_name
 from ais_pipelines.core.calendar_names import known_calendar_names as known_calendar_names
@@ -77,7 +78,6 @@ def is_session(calendar: str, day: date | pd.Timestamp) -> bool:
 # every sensor tick asks the same question. The table is derived from ``get_calendar`` and, when
 # ``AIS_CALENDAR_CACHE_DIR`` is set, kept there per calendar, library version and range.
 
-CALENDAR_CACHE_ENV = "AIS_CALENDAR_CACHE_DIR"
 _NAT = np.iinfo(np.int64).min  # pandas' NaT as int64 nanoseconds
 
 
@@ -139,8 +139,7 @@ def _ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     idx = pd.DatetimeIndex(values)
     if idx.tz is not None:
         idx = idx.tz_convert("UTC").tz_localize(None)
-    out = idx.as_unit("ns").asi8.copy()
-    return out
+    return idx.as_unit("ns").asi8.copy()
 
 
 def _table_from_calendar(name: str) -> SessionTable:
