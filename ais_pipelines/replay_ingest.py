@@ -61,6 +61,21 @@ class _SymbolWindow:
     raw_path: str = ""
 
 
+def _dated(rejects: pd.DataFrame) -> pd.DataFrame | None:
+    """The rejects with their parsed dates (``_date``); ``None`` when one has no readable date."""
+    dates = pd.to_datetime(rejects["date"], errors="coerce", format="mixed") \
+        if len(rejects) else pd.Series(dtype="datetime64[ns]")
+    return None if dates.isna().any() else rejects.assign(_date=dates.to_numpy())
+
+
+def _by_symbol(frame: pd.DataFrame, column: str | None = None) -> dict[str, Any]:
+    """``frame`` (or its ``column``) per symbol, in order of appearance."""
+    if not len(frame):
+        return {}
+    groups = frame.groupby("symbol", sort=False)
+    return dict(tuple(groups[column] if column else groups))
+
+
 @dataclass
 class IncrementalIngestion:
     """Carried window state between replayed nights (one provider: the windowed sample)."""
@@ -89,7 +104,7 @@ class IncrementalIngestion:
         key = (tuple((i.symbol, str(i.resolved_class), i.resolved_calendar) for i in pol.universe.symbols),
                pol.quality.history.fetch_sessions, pol.providers.model_dump_json())
         same, self.key = key == self.key, key
-        if not self.eligible or self.last_day is None or day <= self.last_day or not same:
+        if self.last_day is None or day <= self.last_day or not same:  # _full leaves it None if not eligible
             return self._full(pol, day, archive_dir)
         delta = ingest_universe(policies=pol, providers={k: _RowsAfter(v, self.last_day)
                                                              for k, v in self.providers.items()},
@@ -111,13 +126,11 @@ class IncrementalIngestion:
         self.windows, self.last_day, self.window_start, self.last_day_before = {}, None, None, None
         if not self.eligible:
             return out
-        rej_dates = pd.to_datetime(out.rejects["date"], errors="coerce", format="mixed") \
-            if len(out.rejects) else pd.Series(dtype="datetime64[ns]")
-        if not self._row_level(out.log).all() or rej_dates.isna().any():
+        rejects = _dated(out.rejects)
+        if not self._row_level(out.log).all() or rejects is None:
             return out  # not carried: every next night ingests its whole window
-        rejects = out.rejects.assign(_date=rej_dates.to_numpy())
-        by_bars = dict(tuple(out.bars.groupby("symbol", sort=False)["date"])) if len(out.bars) else {}
-        by_rej = dict(tuple(rejects.groupby("symbol", sort=False))) if len(rejects) else {}
+        by_bars = _by_symbol(out.bars, "date")
+        by_rej = _by_symbol(rejects)
         for row in out.log.itertuples():
             s = str(row.symbol)
             dates = by_bars.get(s)
@@ -159,14 +172,11 @@ class IncrementalIngestion:
         bad = dlog[~self._row_level(dlog)]
         if any(i.symbol in bad.index for i, _ in planned):
             return None  # a whole-input failure tonight: judged on the whole window instead
-        new_rej = delta.rejects
-        rej_dates = pd.to_datetime(new_rej["date"], errors="coerce", format="mixed") \
-            if len(new_rej) else pd.Series(dtype="datetime64[ns]")
-        if rej_dates.isna().any():
+        new_rej = _dated(delta.rejects)
+        if new_rej is None:
             return None
-        new_rej = new_rej.assign(_date=rej_dates.to_numpy())
-        new_bars = dict(tuple(delta.bars.groupby("symbol", sort=False)["date"])) if len(delta.bars) else {}
-        new_by_rej = dict(tuple(new_rej.groupby("symbol", sort=False))) if len(new_rej) else {}
+        new_bars = _by_symbol(delta.bars, "date")
+        new_by_rej = _by_symbol(new_rej)
         # ingest_universe's log order: routing failures, fetch failures, then the normalized symbols
         routed_out: list[dict[str, Any]] = []
         no_result: list[dict[str, Any]] = []

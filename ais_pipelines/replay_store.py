@@ -54,7 +54,7 @@ def _names(table: str, sql: str) -> bool:
 class ReadCachingWarehouse:
     """A DuckDB connection (everything else is forwarded) with exact read and table-list caches."""
 
-    def __init__(self, con: Any, *, defer_writes: bool = True) -> None:
+    def __init__(self, con: Any) -> None:
         self._pending: dict[str, list[tuple[str, object, pd.DataFrame]]] = {}  # table → (key, value, frame)
         self.con = con
         self._tables: set[str] | None = None  # the tables of the main schema, registered frames aside
@@ -63,7 +63,6 @@ class ReadCachingWarehouse:
         self._reads: dict[tuple[str, str, tuple[Any, ...]], pd.DataFrame] = {}
         self.hits = 0
         self.misses = 0
-        self.defer_writes = defer_writes
         self.writes = 0
         self.merged = 0  # partitions written in batches of one DELETE + INSERT
         self.flushes = 0
@@ -77,17 +76,10 @@ class ReadCachingWarehouse:
     # --- write-behind ----------------------------------------------------------------------
 
     def deferred_replace_partition(self, table: str, frame: pd.DataFrame, key: str, value: object) -> int:
-        if not self.defer_writes:
-            from ais_pipelines.warehouse import replace_partition
-
-            self._drop_reads({table})
-            if not self.cached_table_exists(table):
-                self._tables = None
-            return replace_partition(self.con, table, frame, key, value)
         self._drop_reads({table})
         self._pending.setdefault(table, []).append((key, value, frame.copy()))
         self.writes += 1
-        return 0 if frame.empty else len(frame)
+        return len(frame)
 
     def flush(self, tables: Iterable[str] | None = None) -> None:
         """Write the held partitions (of ``tables``, default all) in the order they were made."""
@@ -126,12 +118,12 @@ class ReadCachingWarehouse:
 
     def cached_read_table(self, table: str, where: str, params: Iterable[object]) -> pd.DataFrame:
         values = tuple(params)
+        self.flush([table])  # every read sees the held writes, cacheable or not
         try:
             key = (table, where, values)
             hash(key)
         except TypeError:
             return self._query(table, where, values)
-        self.flush([table])
         frame = self._reads.get(key)
         if frame is None:
             self.misses += 1
@@ -141,22 +133,23 @@ class ReadCachingWarehouse:
         return frame.copy()
 
     def _query(self, table: str, where: str, values: tuple[Any, ...]) -> pd.DataFrame:
-        sql = f'SELECT * FROM "{table}"' + (f" WHERE {where}" if where else "")
-        return self.con.execute(sql, list(values)).df()
+        from ais_pipelines.warehouse import select_table
+
+        return select_table(self.con, table, where, values)
 
     # --- the connection API, with invalidation ---------------------------------------------
 
     def execute(self, sql: str, parameters: Any = None) -> Any:
-        self._flush_for(sql)
-        self._invalidate(sql)
+        m = _FIRST_WORD.match(sql)
+        word = m.group(1).upper() if m else ""
+        self._flush_for(sql, word)
+        self._invalidate(sql, word)
         return self.con.execute(sql) if parameters is None else self.con.execute(sql, parameters)
 
-    def _flush_for(self, sql: str) -> None:
+    def _flush_for(self, sql: str, word: str) -> None:
         """Before a statement: the held writes of every table it names, directly or through a view
         made here; all of them before one that can see tables without naming them (ATTACH / COPY,
         PRAGMA, the catalog, ROLLBACK …)."""
-        m = _FIRST_WORD.match(sql)
-        word = m.group(1).upper() if m else ""
         if word in _TRANSACTION:
             return
         if word not in _NAMING or _CATALOG.search(sql):
@@ -170,11 +163,11 @@ class ReadCachingWarehouse:
                         seen.add(v)
                         texts.append(definition)
                 self.flush([t for t in self._pending if _names(t, text)])
-        made = _VIEW_NAME.search(sql) if word == "CREATE" else None
-        if made:
-            self._views[made.group(1).lower()] = sql
-        elif word == "DROP" and _VIEW_NAME.search(sql):
-            self._views.pop(_VIEW_NAME.search(sql).group(1).lower(), None)  # type: ignore[union-attr]
+        view = _VIEW_NAME.search(sql) if word in ("CREATE", "DROP") else None
+        if view and word == "CREATE":
+            self._views[view.group(1).lower()] = sql
+        elif view:
+            self._views.pop(view.group(1).lower(), None)
 
     def register(self, name: str, frame: Any) -> Any:
         self.flush([t for t in self._pending if t.lower() == name.lower()])
@@ -190,14 +183,11 @@ class ReadCachingWarehouse:
         self._registered.discard(name)
         return self.con.unregister(name)
 
-    def _invalidate(self, sql: str) -> None:
-        m = _FIRST_WORD.match(sql)
-        word = m.group(1).upper() if m else ""
+    def _invalidate(self, sql: str, word: str) -> None:
         if word in _READS or word in _TRANSACTION:
             return
         if word in _ROW_WRITES:
-            self._drop_reads({t for t, _, _ in self._reads if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", sql,
-                                                                         re.IGNORECASE)})
+            self._drop_reads({t for t in {k[0] for k in self._reads} if _names(t, sql)})
             return
         self._clear()
 

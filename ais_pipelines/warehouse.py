@@ -286,6 +286,12 @@ def read_table(
     cached = getattr(con, "cached_read_table", None)  # issue 12: ais_pipelines.replay_store (exact)
     if cached is not None:
         return cached(table, where, params)
+    return select_table(con, table, where, params)
+
+
+def select_table(con: duckdb.DuckDBPyConnection, table: str, where: str = "",
+                 params: Iterable[object] = ()) -> pd.DataFrame:
+    """``SELECT *`` of an existing table, optionally filtered: the one query behind ``read_table``."""
     sql = f'SELECT * FROM "{table}"' + (f" WHERE {where}" if where else "")
     return con.execute(sql, list(params)).df()
 
