@@ -130,13 +130,15 @@ class ParquetWarehouse:
         self.pins: list[Path] = []
 
     # --- open --------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, fingerprints: bool = True) -> None:
+        """``fingerprints=False``: a read-only view, which never persists, skips hashing every table."""
         if self.shard is not None:
             self.con.execute(f"CREATE SCHEMA {BASE_SCHEMA}")
         for table_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             self._load_table(table_dir)
-        for table, fp in _fingerprints(self.con, list(self.state)).items():
-            self.state[table].fingerprint = fp
+        if fingerprints:
+            for table, fp in _fingerprints(self.con, list(self.state)).items():
+                self.state[table].fingerprint = fp
 
     def _load_table(self, table_dir: Path) -> None:
         table = table_dir.name
@@ -381,7 +383,7 @@ def connect_warehouse(database: str | Path, *, read_only: bool = False,
     view = ParquetWarehouse(root, None)
     try:
         with _lock(root, exclusive=False):
-            view.load()
+            view.load(fingerprints=False)
         yield view.con
     finally:
         view.con.close()

@@ -30,7 +30,7 @@ from ais_pipelines.data_stages import (
 )
 from ais_pipelines.ingestion import ingest_universe, row_accounting
 from ais_pipelines.shards import ShardPolicies, shard_symbols
-from ais_pipelines.warehouse import read_table
+from ais_pipelines.warehouse import fetch_one, read_table
 from assets._common import ui_table
 from assets.ingestion import resolve_end
 from assets.partitions import as_of_partitions, partition_as_of
@@ -72,8 +72,7 @@ def _ingest_fan_in(context: dg.OpExecutionContext, warehouse: DuckDBResource):  
     with warehouse.get_connection() as con:  # the main writer: absorbs every shard's overlay
         log = read_table(con, "ingestion_log", "run_id = ?", [context.run_id])
         rejects = read_table(con, "bar_rejects", "run_id = ?", [context.run_id])
-        staged = int(con.execute("SELECT count(*) FROM staging_bars WHERE run_id = ?", [context.run_id]
-                                 ).fetchall()[0][0])
+        staged = int(fetch_one(con, "SELECT count(*) FROM staging_bars WHERE run_id = ?", [context.run_id])[0])
     failed = log[log["status"] != "OK"] if not log.empty else log
     if not staged:
         reasons = failed.groupby("reason_code").size().to_dict() if not failed.empty else {}

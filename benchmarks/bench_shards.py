@@ -113,13 +113,6 @@ def _nightly_child(mode: str, root: Path, d: str) -> None:
     print(json.dumps({"mode": mode, "ok": r.success, "wall_s": wall, "steps": steps}))
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--symbols", type=int, default=500)
@@ -143,12 +136,14 @@ def main() -> None:
             raise SystemExit(f"{mode}: child failed")
         rows[mode] = json.loads(p.stdout.strip().splitlines()[-1])
         print(json.dumps(rows[mode]), flush=True)
+    from bench_ingestion import cpu_model
+
     peer = rows["duckdb"]["wall_s"]
     lines = [
         "## Symbol shards benchmark (data stages)",
         "",
         f"- started: {started} UTC; load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
-        f"- machine: {os.cpu_count()} cores, {_cpu_model()}, Python {platform.python_version()}",
+        f"- machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}",
         f"- workload: {args.symbols} symbols × {args.sessions} sessions of the sample market; raw_daily_bars → "
         f"daily_bars → data_quality without checks; sharded = {args.shards} shards, multiprocess executor",
         "",

@@ -18,8 +18,6 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from ais_pipelines.warehouse_location import STORES as STORES  # one list, validated in configured_store
-
 
 class WarehouseResource(DuckDBResource):
     """A ``DuckDBResource`` whose store can be swapped (assets keep their ``DuckDBResource`` hint)."""
