@@ -239,10 +239,13 @@ class ParquetWarehouse:
                 base = f"SELECT {sel} FROM {_q(table)} LIMIT 0"
             ins = f"(SELECT {sel} FROM {_q(table)}) EXCEPT ALL ({base})"
             dele = f"({base}) EXCEPT ALL (SELECT {sel} FROM {_q(table)})"
-            changed = self.con.execute(f"SELECT (SELECT count(*) FROM ({ins})) + (SELECT count(*) FROM ({dele}))"
-                                       ).fetchall()[0][0]
-            if not changed and table in base_tables and not own.exists():
-                continue  # read only
+            if table in base_tables and not own.exists() and (st is None or st.fingerprint[2] != now[table][2]):
+                # Only a DDL change (e.g. an added all-NULL column) can leave the rows as loaded; with
+                # the same DDL the content hash above already proved them changed. Diffed once, not twice.
+                changed = self.con.execute(
+                    f"SELECT (SELECT count(*) FROM ({ins})) + (SELECT count(*) FROM ({dele}))").fetchall()[0][0]
+                if not changed:
+                    continue  # read only
             table_dir.mkdir(exist_ok=True)
             _copy_atomic(self.con, ins, table_dir / f"{self.writer}.ins.parquet")
             _copy_atomic(self.con, dele, table_dir / f"{self.writer}.del.parquet")
