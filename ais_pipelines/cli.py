@@ -141,9 +141,7 @@ def _run_execution(as_of: str, stage) -> bool:
 
     ops = ops_env()
     book = session_book(ops, as_of)
-    # The ledger's queue, not the decision count: a re-run of D finds its items already decided.
-    pending = control.list_reviews(ops.ledger.store(), "PENDING")
-    waiting = int((pending["as_of"].astype(str).str[:10] == str(as_of)[:10]).sum())
+    waiting = control.pending_reviews_of(ops.ledger.store(), as_of)
     parts = []
     if decisions:
         parts.append(f"{decisions[0]} approved, {decisions[1]} to review, {decisions[2]} rejected")

@@ -164,6 +164,13 @@ def list_reviews(ledger: LedgerStore, status: str | None = "PENDING") -> pd.Data
                                        "created_at", "decided_by", "why"])
 
 
+def pending_reviews_of(ledger: LedgerStore, as_of: str) -> int:
+    """Items of session ``as_of`` still waiting for a person (the ledger's queue, not D's REVIEW
+    decisions: a re-run of D finds its items already decided)."""
+    day = str(as_of)[:10]
+    return sum(1 for r in ledger.list_reviews("PENDING") if str(r.order_payload.get("as_of", ""))[:10] == day)
+
+
 def _pending(ledger: LedgerStore, item_id: str) -> ReviewItem:
     item = ledger.get_review(item_id)
     if item is None:

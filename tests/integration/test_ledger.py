@@ -485,3 +485,16 @@ def test_session_orders_and_latest_activity_in_sql_equal_the_full_scans(ledger):
     stamps += [o.updated_at for o in ledger.list_orders()]
     assert latest_activity(ledger) == max(stamps) == T0 + timedelta(minutes=30)
     assert latest_activity(ledger).tzinfo is not None
+
+
+def test_the_demo_counts_what_still_waits_for_a_person_not_the_sessions_review_decisions(ledger):
+    """A re-run of `make demo` said "4 order(s) wait for a person" when all four were already
+    approved: it counted D's REVIEW decisions. It counts D's pending queue items now."""
+    from ais_pipelines.control import pending_reviews_of
+
+    for n, day in enumerate(["2024-03-05", "2024-03-05", "2024-03-05", "2024-03-06"], start=1):
+        ledger.enqueue_review(f"rev-{n}", {"symbol": "AAPL", "as_of": day}, [ReasonCode.LOW_CONFIDENCE], T0)
+    ledger.decide_review("rev-1", approve=True, actor="carol", why="checked", now=T0)
+    ledger.decide_review("rev-2", approve=False, actor="carol", why="too correlated", now=T0)
+    assert pending_reviews_of(ledger, "2024-03-05") == 1
+    assert pending_reviews_of(ledger, "2024-03-06") == 1 and pending_reviews_of(ledger, "2024-03-07") == 0
