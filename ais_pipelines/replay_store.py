@@ -25,14 +25,26 @@ warehouse). So every read sees every write made before it, and the warehouse (an
 track-record tables and marts built from it) is the one a plain connection leaves; only tables no
 step reads back until the end (decisions, rule hits, orders, fills, the execution context …) are
 written in batches. A write that fails would fail at the flush, not at the step.
+
+A read of one held partition (``key = ?``, the partition's last held write) is answered without
+writing anything: the held frame is selected through DuckDB with each column cast to the table's
+type (what ``INSERT ... BY NAME`` would store: absent columns NULL, the key the read's value) —
+so the frame is the one the table read would return, and the big partitions the next step reads
+(scenarios, forecasts, the regime) stay held for the batched write. Where that cannot be proven
+(the table does not exist yet, a column the table lacks or without a type) the table is flushed
+and queried. ``verify=True`` (or ``AIS_REPLAY_STORE_VERIFY=1``) checks every such read against the
+flushed table read (the tests run replays so).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
+from datetime import date, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 _READS = frozenset({"SELECT", "DESCRIBE"})
@@ -44,6 +56,9 @@ _NAMING = frozenset({"SELECT", "DESCRIBE", "INSERT", "DELETE", "UPDATE", "CREATE
 # catalog queries that list tables or columns (pragma_database_list, asked per bars read, does not)
 _CATALOG = re.compile(r"\binformation_schema\b|\bsqlite_master\b|\bduckdb_(?:tables|views|columns|constraints|"
                       r"indexes|dependencies|databases)\b|\bpragma_(?!database_list\b)", re.IGNORECASE)
+_KEY_EQUALS = re.compile(r'\s*"?(\w+)"?\s*=\s*\?\s*')
+_CREATE_IF_NOT_EXISTS = re.compile(r'\s*CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+"?(\w+)"?\s*\(.*', re.I | re.S)
+_UNTYPED = frozenset({'"NULL"', "NULL"})
 _VIEW_NAME = re.compile(r"\bVIEW\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?\"?(\w+)", re.IGNORECASE)
 
 
@@ -54,7 +69,11 @@ def _names(table: str, sql: str) -> bool:
 class ReadCachingWarehouse:
     """A DuckDB connection (everything else is forwarded) with exact read and table-list caches."""
 
-    def __init__(self, con: Any) -> None:
+    def __init__(self, con: Any, verify: bool | None = None) -> None:
+        self.verify = os.environ.get("AIS_REPLAY_STORE_VERIFY") == "1" if verify is None else verify
+        self._schemas: dict[str, dict[str, str]] = {}  # table → column → DuckDB type (DESCRIBE)
+        self._text: Any = None
+        self._times: dict[str, Any] | None = None
         self._pending: dict[str, list[tuple[str, object, pd.DataFrame]]] = {}  # table → (key, value, frame)
         self.con = con
         self._tables: set[str] | None = None  # the tables of the main schema, registered frames aside
@@ -66,6 +85,8 @@ class ReadCachingWarehouse:
         self.writes = 0
         self.merged = 0  # partitions written in batches of one DELETE + INSERT
         self.flushes = 0
+        self.held_reads = 0  # reads answered from a held partition
+        self.cast_reads = 0  # … of which through DuckDB's casts (not shown equal in pandas)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("con", "_pending"):
@@ -89,13 +110,14 @@ class ReadCachingWarehouse:
         for table in names:
             ops = self._pending.pop(table)
             self.flushes += 1
+            self._schemas.pop(table, None)  # a write may add or type columns
             created = table not in (self._tables or ())
             start = 0
             while start < len(ops):  # runs of one partition key, in order
                 end = start
                 while end < len(ops) and ops[end][0] == ops[start][0]:
                     end += 1
-                self.merged += replace_partitions(self.con, table, ops[start][0],
+                self.merged += replace_partitions(_Known(self.con, created), table, ops[start][0],
                                                   [(v, f) for _, v, f in ops[start:end]])
                 start = end
             self._drop_reads({table})
@@ -107,30 +129,95 @@ class ReadCachingWarehouse:
     def cached_table_exists(self, table: str) -> bool:
         if table in self._registered or table in self._pending:  # a held write creates its table
             return True
+        return table in self._listed()
+
+    def _listed(self) -> set[str]:
+        """The main schema's tables (registered frames aside), listed once until a DDL."""
         if self._tables is None:
             rows = self.con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
                                     ).fetchall()
             names = {str(r[0]) for r in rows}
             if self._registered & names:  # listed while registered: which is a table is unknown
-                return table in names
+                return names - self._registered
             self._tables = names - self._registered
-        return table in self._tables
+        return self._tables
 
     def cached_read_table(self, table: str, where: str, params: Iterable[object]) -> pd.DataFrame:
         values = tuple(params)
-        self.flush([table])  # every read sees the held writes, cacheable or not
         try:
             key = (table, where, values)
             hash(key)
         except TypeError:
+            self.flush([table])  # every read sees the held writes, cacheable or not
             return self._query(table, where, values)
         frame = self._reads.get(key)
         if frame is None:
+            held = self._held_partition(table, where, values)
+            if held is not None:
+                self.held_reads += 1
+                frame = self._reads[key] = held
+                return frame.copy()
+            self.flush([table])
             self.misses += 1
             frame = self._reads[key] = self._query(table, where, values)
         else:
             self.hits += 1
         return frame.copy()
+
+    def _held_partition(self, table: str, where: str, values: tuple[Any, ...]) -> pd.DataFrame | None:
+        """The table read of partition ``key = value`` when it is held, selected from the held
+        frame cast to the table's types; None when that is not provably the same."""
+        ops, m = self._pending.get(table), _KEY_EQUALS.fullmatch(where)
+        if not ops or m is None or len(values) != 1 or table in self._registered:
+            return None
+        key, value = m.group(1), values[0]
+        if any(k != key for k, _, _ in ops):
+            return None
+        frames = [f for _, v, f in ops if type(v) is type(value) and v == value]
+        if not frames:
+            return None
+        schema = self._schema(table)
+        frame = frames[-1]
+        if (schema is None or key not in schema or any(t in _UNTYPED for t in schema.values())
+                or any(c not in schema for c in frame.columns)):
+            return None
+        out = _as_read(frame, schema, key, value, self._text_dtype(), self._time_dtypes())
+        if out is None:  # a column pandas cannot be shown to convert as DuckDB does: DuckDB casts it
+            self.cast_reads += 1
+            cols = ", ".join(
+                f'CAST(? AS {t}) AS "{c}"' if c == key else
+                f'CAST("{c}" AS {t}) AS "{c}"' if c in frame.columns else f'CAST(NULL AS {t}) AS "{c}"'
+                for c, t in schema.items())
+            self.con.register("held_partition_read", frame)
+            try:
+                out = self.con.execute(f"SELECT {cols} FROM held_partition_read", [value]).df()
+            finally:
+                self.con.unregister("held_partition_read")
+        if self.verify:
+            self.flush([table])
+            pd.testing.assert_frame_equal(out, self._query(table, where, values), check_exact=True,
+                                          obj=f"held read of {table} {where} {value!r}")
+        return out
+
+    def _text_dtype(self) -> Any:
+        if self._text is None:  # the pandas dtype DuckDB hands VARCHAR out as
+            self._text = self.con.execute("SELECT 'a'::VARCHAR AS s").df()["s"].dtype
+        return self._text
+
+    def _time_dtypes(self) -> dict[str, Any]:
+        if self._times is None:  # the pandas dtype DuckDB hands each date / time type out as
+            row = self.con.execute("SELECT " + ", ".join(f"CAST(TIMESTAMP '2000-01-01' AS {t}) AS {t}"
+                                                         for t in _TIMES)).df()
+            self._times = {t: row[t].dtype for t in _TIMES}
+        return self._times
+
+    def _schema(self, table: str) -> dict[str, str] | None:
+        if table not in self._schemas:
+            if table not in self._listed():
+                return None
+            self._schemas[table] = {str(r[0]): str(r[1]) for r in self.con.execute(f'DESCRIBE "{table}"').fetchall()}
+        return self._schemas[table]
+
 
     def _query(self, table: str, where: str, values: tuple[Any, ...]) -> pd.DataFrame:
         from ais_pipelines.warehouse import select_table
@@ -186,6 +273,9 @@ class ReadCachingWarehouse:
     def _invalidate(self, sql: str, word: str) -> None:
         if word in _READS or word in _TRANSACTION:
             return
+        made = _CREATE_IF_NOT_EXISTS.fullmatch(sql) if word == "CREATE" else None
+        if made and made.group(1) in (self._tables or ()) and made.group(1) not in self._registered:
+            return  # ensure_table of a table that exists: changes nothing
         if word in _ROW_WRITES:
             self._drop_reads({t for t in {k[0] for k in self._reads} if _names(t, sql)})
             return
@@ -198,3 +288,76 @@ class ReadCachingWarehouse:
     def _clear(self) -> None:
         self._tables = None
         self._reads = {}
+        self._schemas = {}
+
+
+_SAME = {("DOUBLE", "float64"), ("BIGINT", "int64"), ("BOOLEAN", "bool")}
+_TIMES = ("DATE", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS")
+
+
+def _exact_times(values: np.ndarray, dtype: Any) -> np.ndarray | None:
+    """``values`` (datetime64) in ``dtype``'s unit, or None when that would drop digits."""
+    out = values.astype(dtype)
+    same = (out == values) | (np.isnat(out) & np.isnat(values))
+    return out if bool(same.all()) else None
+
+
+def _as_read(frame: pd.DataFrame, schema: dict[str, str], key: str, value: object, text: Any,
+             times: dict[str, Any]) -> pd.DataFrame | None:
+    """``frame`` as DuckDB hands the table's partition back (pandas only), for the conversions
+    that are identities or exact: float64 DOUBLE, int64 BIGINT / DOUBLE, bool BOOLEAN, text
+    VARCHAR, datetime64 / dates as DATE or TIMESTAMP (``times``: the dtype DuckDB hands each out
+    as), a DATE key. None for anything else (the caller lets DuckDB cast it)."""
+    n, cols = len(frame), {}
+    if n == 0:
+        return None  # DuckDB types an empty result's text columns otherwise
+    for c, t in schema.items():
+        if c == key:
+            if t != "DATE" or not isinstance(value, date) or isinstance(value, datetime):
+                return None
+            cols[c] = np.full(n, np.datetime64(value, "D")).astype(times[t])
+            continue
+        if c not in frame.columns:
+            return None
+        col = frame[c]
+        kind = str(col.dtype)
+        if (t, kind) in _SAME:
+            cols[c] = col.to_numpy(copy=True)
+        elif t == "DOUBLE" and kind == "int64" and np.abs(col.to_numpy()).max() < 2**53:
+            cols[c] = col.to_numpy(dtype="float64")
+        elif t == "VARCHAR" and (isinstance(col.dtype, pd.StringDtype) or (
+                kind == "object" and pd.api.types.infer_dtype(col, skipna=True) == "string")) and col.notna().any():
+            cols[c] = pd.array(col.to_numpy(dtype=object, na_value=None), dtype=text)
+        elif t in times and (kind.startswith("datetime64[") or (
+                kind == "object" and t == "DATE" and pd.api.types.infer_dtype(col, skipna=True) in ("date", "empty"))):
+            stamps = col.to_numpy(dtype="datetime64[ns]") if kind == "object" else col.to_numpy()
+            if t == "DATE" and not bool((np.isnat(stamps) | (stamps == stamps.astype("datetime64[D]"))).all()):
+                return None  # a time of day DuckDB would cut to the date
+            exact = _exact_times(stamps, times[t])
+            if exact is None:
+                return None
+            cols[c] = exact
+        else:
+            return None
+    return pd.DataFrame(cols, index=pd.RangeIndex(n))
+
+
+class _Known:
+    """The raw connection for a flush, answering ``table_exists`` for a table known to exist
+    without a catalog scan (a flush only adds tables; the first write of a new one asks DuckDB)."""
+
+    def __init__(self, con: Any, created: bool) -> None:
+        self._con, self._asks = con, created
+
+    def cached_table_exists(self, table: str) -> bool:
+        if not self._asks:
+            return True
+        from ais_pipelines.warehouse import fetch_one
+
+        row = fetch_one(self._con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+                                   "AND table_schema = 'main'", [table])
+        self._asks = not (row and row[0])
+        return not self._asks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)

@@ -67,3 +67,56 @@ def test_reads_and_table_list_follow_every_write_exactly() -> None:
     handed = read_table(cached, "t", "as_of = ?", (d1,))
     handed.loc[0, "x"] = -1.0
     assert read_table(cached, "t", "as_of = ?", (d1,))["x"].tolist() == [4.0]
+
+
+def test_a_held_partition_is_read_back_as_duckdb_types_it_without_being_written() -> None:
+    """The held read (pandas conversions, or DuckDB's casts where pandas cannot be shown equal)
+    against the table read, for every column kind the steps write; nothing is flushed for it."""
+    import numpy as np
+
+    plain, cached = _both()
+    cached.verify = False
+    d0, d1 = date(2026, 11, 18), date(2026, 11, 19)
+    first = pd.DataFrame({"x": [1.0, 2.0], "i": [1, 2], "b": [True, False], "s": ["a", "b"], "o": ["p", "q"],
+                          "n": [1.0, 2.0], "ts": pd.to_datetime(["2026-11-18 00:00", "2026-11-18 10:00"]),
+                          "d": [date(2026, 1, 1), date(2026, 1, 2)], "gone": ["g", "h"],
+                          "sec": pd.to_datetime(["2026-11-18 00:00", "2026-11-18 10:00"]).astype("datetime64[s]"),
+                          "day": [date(2026, 1, 1), date(2026, 1, 2)]})
+    later = pd.DataFrame({"x": [np.nan, -0.0, np.inf], "i": [3, 4, 5], "b": [False, True, True],
+                          "s": pd.Series(["c", None, ""], dtype="string"), "o": ["r", None, np.nan],
+                          "n": [7, 8, 9],  # int64 into the DOUBLE column
+                          "ts": pd.to_datetime(["2026-11-19 09:30", "2026-11-19 00:00", "2026-11-20 00:00"]),
+                          "d": [date(2026, 2, 1), None, date(2026, 2, 3)],  # "gone": NULL
+                          "sec": pd.to_datetime(["2026-11-19 09:30", "NaT", "2026-11-20 00:00"]).astype("datetime64[s]"),
+                          "day": pd.to_datetime(["2026-11-19 00:00", "NaT", "2026-11-20 00:00"])})
+    for c in (plain, cached):
+        replace_partition(c, "t", first, "as_of", d0)
+    read_table(cached, "t", "as_of = ?", (d0,))  # flushes: the table exists with its types
+    full = later.assign(gone=["x", None, "z"])
+    with_time = full.assign(day=pd.to_datetime(["2026-11-19 09:30", "NaT", "2026-11-20 00:00"]))
+    # pandas converts the first two; DuckDB types an empty frame's or an all-NULL column's text
+    # (object, not str), casts a DATE column's time of day away, and a column the frame lacks is NULL
+    for frame, by_duckdb in ((full, 0), (full.assign(d=[None] * 3), 0), (full.iloc[:0], 1),
+                             (full.assign(gone=[None] * 3), 1), (with_time, 1), (later, 1)):
+        for c in (plain, cached):
+            replace_partition(c, "t", frame, "as_of", d1)
+        before, cast = cached.held_reads, cached.cast_reads
+        got = read_table(cached, "t", "as_of = ?", (d1,))
+        assert cached.held_reads == before + 1 and "t" in cached._pending  # not written for the read
+        assert cached.cast_reads == cast + by_duckdb
+        pd.testing.assert_frame_equal(got, read_table(plain, "t", "as_of = ?", (d1,)), check_exact=True)
+    # a column the table lacks cannot be shown equal: the table is written and read
+    for c in (plain, cached):
+        replace_partition(c, "t", full.assign(extra=1.5), "as_of", d1)
+    pd.testing.assert_frame_equal(read_table(cached, "t", "as_of = ?", (d1,)),
+                                  read_table(plain, "t", "as_of = ?", (d1,)), check_exact=True)
+    assert "t" not in cached._pending
+
+
+def test_verify_mode_checks_each_held_read_against_the_written_table() -> None:
+    cached = ReadCachingWarehouse(duckdb.connect(), verify=True)
+    d0 = date(2026, 11, 18)
+    replace_partition(cached, "t", pd.DataFrame({"x": [1.0]}), "as_of", d0)
+    read_table(cached, "t")
+    replace_partition(cached, "t", pd.DataFrame({"x": [2.0]}), "as_of", d0)
+    assert read_table(cached, "t", "as_of = ?", (d0,))["x"].tolist() == [2.0] and cached.held_reads == 1
