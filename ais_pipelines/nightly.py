@@ -44,7 +44,7 @@ from ais_pipelines.data_stages import (  # issue 13: the quality stage and its r
     NoIngestionError,
     assess_and_store_quality,
 )
-from ais_pipelines.warehouse import read_bars, read_table, replace_partition, table_exists
+from ais_pipelines.warehouse import derived, read_bars, read_table, replace_partition, table_exists
 
 ELIGIBLE = "VALID"
 WARM_DIR = "auction_state"
@@ -137,6 +137,12 @@ def load_models(con: Any, as_of: pd.Timestamp) -> list[forecasts_core.FittedMode
 
 
 def read_scenarios(con: Any, as_of: pd.Timestamp) -> Scenarios:
+    """The scenario matrix of D (the auction, CVaR and proposals each read it: on the replay's
+    connection it is built once per write of the partition)."""
+    return derived(con, "scenarios", ["scenario_returns"], (as_of.date(),), lambda: _scenarios_of(con, as_of))
+
+
+def _scenarios_of(con: Any, as_of: pd.Timestamp) -> Scenarios:
     long = read_table(con, "scenario_returns", "as_of = ?", [as_of.date()])
     if long.empty:
         raise StageInputMissing(f"no scenario_returns for {as_of.date()}")

@@ -38,9 +38,10 @@ flushed table read (the tests run replays so).
 
 from __future__ import annotations
 
+import copy
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from typing import Any
 
@@ -80,6 +81,7 @@ class ReadCachingWarehouse:
         self._registered: set[str] = set()
         self._views: dict[str, str] = {}  # view → its definition, for views created through this connection
         self._reads: dict[tuple[str, str, tuple[Any, ...]], pd.DataFrame] = {}
+        self._derived: dict[tuple[str, tuple[Any, ...]], tuple[frozenset[str], Any]] = {}
         self.hits = 0
         self.misses = 0
         self.writes = 0
@@ -178,14 +180,15 @@ class ReadCachingWarehouse:
             return None
         schema = self._schema(table)
         frame = frames[-1]
-        if (schema is None or key not in schema or any(t in _UNTYPED for t in schema.values())
-                or any(c not in schema for c in frame.columns)):
-            return None
+        if (schema is None or key not in schema or schema[key] in _UNTYPED
+                or any(c not in schema for c in frame.columns)
+                or any(t in _UNTYPED and c in frame.columns and frame[c].notna().any() for c, t in schema.items())):
+            return None  # (a typed value in a column without a type: the write types it)
         out = _as_read(frame, schema, key, value, self._text_dtype(), self._time_dtypes())
         if out is None:  # a column pandas cannot be shown to convert as DuckDB does: DuckDB casts it
             self.cast_reads += 1
             cols = ", ".join(
-                f'CAST(? AS {t}) AS "{c}"' if c == key else
+                f'NULL AS "{c}"' if t in _UNTYPED else f'CAST(? AS {t}) AS "{c}"' if c == key else
                 f'CAST("{c}" AS {t}) AS "{c}"' if c in frame.columns else f'CAST(NULL AS {t}) AS "{c}"'
                 for c, t in schema.items())
             self.con.register("held_partition_read", frame)
@@ -218,6 +221,15 @@ class ReadCachingWarehouse:
             self._schemas[table] = {str(r[0]): str(r[1]) for r in self.con.execute(f'DESCRIBE "{table}"').fetchall()}
         return self._schemas[table]
 
+
+    def derived(self, name: str, tables: Iterable[str], args: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """``build()``, a pure function of ``tables``' reads, computed once until one of them is
+        written (as a cached read is); a deep copy is handed out."""
+        key = (name, args)
+        entry = self._derived.get(key)
+        if entry is None:
+            entry = self._derived[key] = (frozenset(tables), build())
+        return copy.deepcopy(entry[1])
 
     def _query(self, table: str, where: str, values: tuple[Any, ...]) -> pd.DataFrame:
         from ais_pipelines.warehouse import select_table
@@ -284,10 +296,12 @@ class ReadCachingWarehouse:
     def _drop_reads(self, tables: set[str]) -> None:
         if tables:
             self._reads = {k: v for k, v in self._reads.items() if k[0] not in tables}
+            self._derived = {k: v for k, v in self._derived.items() if not v[0] & tables}
 
     def _clear(self) -> None:
         self._tables = None
         self._reads = {}
+        self._derived = {}
         self._schemas = {}
 
 

@@ -10,13 +10,16 @@ Plain functions over a DuckDB connection, no Dagster. Two write patterns only:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from typing import TypeVar
 
 import duckdb
 import pandas as pd
+
+T = TypeVar("T")
 
 BARS_DDL = """
 CREATE TABLE IF NOT EXISTS bars (
@@ -287,6 +290,14 @@ def read_table(
     if cached is not None:
         return cached(table, where, params)
     return select_table(con, table, where, params)
+
+
+def derived(con: duckdb.DuckDBPyConnection, name: str, tables: Iterable[str], args: tuple[object, ...],
+            build: Callable[[], T]) -> T:
+    """``build()`` — a pure function of what it reads from ``tables`` — computed once per state
+    of those tables on the replay's connection (``replay_store``); on any other, every call."""
+    memo = getattr(con, "derived", None)
+    return build() if memo is None else memo(name, tuple(tables), args, build)
 
 
 def select_table(con: duckdb.DuckDBPyConnection, table: str, where: str = "",

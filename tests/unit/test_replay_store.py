@@ -120,3 +120,40 @@ def test_verify_mode_checks_each_held_read_against_the_written_table() -> None:
     read_table(cached, "t")
     replace_partition(cached, "t", pd.DataFrame({"x": [2.0]}), "as_of", d0)
     assert read_table(cached, "t", "as_of = ?", (d0,))["x"].tolist() == [2.0] and cached.held_reads == 1
+
+
+def test_a_derived_value_is_built_once_per_state_of_its_tables() -> None:
+    from ais_pipelines.warehouse import derived
+
+    plain, cached = _both()
+    d0 = date(2026, 11, 18)
+    builds: list[float] = []
+
+    def total(con: object) -> float:
+        def build() -> float:
+            builds.append(1.0)
+            return float(read_table(con, "t", "as_of = ?", (d0,))["x"].sum())
+        return derived(con, "total", ["t"], (d0,), build)
+
+    for x in (1.0, 5.0):
+        for c in (plain, cached):
+            replace_partition(c, "t", pd.DataFrame({"x": [x, 1.0]}), "as_of", d0)
+        assert total(cached) == total(cached) == total(plain) == total(plain) == x + 1.0
+    assert len(builds) == 2 + 4  # the replay's connection: once per write; a plain one: every call
+    cached.execute("CREATE TABLE other AS SELECT 1 AS one")  # any DDL drops it too
+    assert total(cached) == 6.0 and len(builds) == 7
+
+
+def test_a_held_partition_of_a_table_with_an_untyped_column() -> None:
+    """A column only ever NULL has no type yet (created from an empty first partition)."""
+    plain, cached = _both()
+    d0, d1, d2 = date(2026, 11, 18), date(2026, 11, 19), date(2026, 11, 20)
+    for c in (plain, cached):
+        replace_partition(c, "t", pd.DataFrame({"x": [1.0], "u": [None]}), "as_of", d0)
+    read_table(cached, "t")
+    for day, u in ((d1, [None, None]), (d2, ["typed", None])):
+        for c in (plain, cached):
+            replace_partition(c, "t", pd.DataFrame({"x": [2.0, 3.0], "u": u}), "as_of", day)
+        pd.testing.assert_frame_equal(read_table(cached, "t", "as_of = ?", (day,)),
+                                      read_table(plain, "t", "as_of = ?", (day,)), check_exact=True)
+    assert cached.held_reads == 1  # the typed value is written (it types the column) and read
