@@ -341,7 +341,7 @@ def _as_read(frame: pd.DataFrame, schema: dict[str, str], key: str, value: objec
             cols[c] = col.to_numpy(dtype="float64")
         elif t == "VARCHAR" and (isinstance(col.dtype, pd.StringDtype) or (
                 kind == "object" and pd.api.types.infer_dtype(col, skipna=True) == "string")) and col.notna().any():
-            cols[c] = pd.array(col.to_numpy(dtype=object, na_value=None), dtype=text)
+            cols[c] = col.array.copy() if col.dtype == text else col.astype(text).array
         elif t in times and (kind.startswith("datetime64[") or (
                 kind == "object" and t == "DATE" and pd.api.types.infer_dtype(col, skipna=True) in ("date", "empty"))):
             stamps = col.to_numpy(dtype="datetime64[ns]") if kind == "object" else col.to_numpy()

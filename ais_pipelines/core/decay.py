@@ -206,7 +206,11 @@ def _error_table(
     if pf.empty:
         return pd.DataFrame(columns=["symbol", "model", "error_rmse", "error_n"])
     pf = pf.assign(symbol=pf["symbol"].astype(str), date=pd.to_datetime(pf["date"]).astype("datetime64[ns]"))
-    realized = forward_returns(bars, as_of, horizon)
+    # Only the forecasts' dates are joined: the bars before the first one cannot change a return
+    # from it onwards (P[t+H] / P[t] over the symbol's own later sessions), so they are not sorted.
+    first = pf["date"].min()
+    recent = bars.loc[(pd.to_datetime(bars["date"]) >= first).to_numpy()]
+    realized = forward_returns(recent, as_of, horizon)
     realized = realized.assign(symbol=realized["symbol"].astype(str))
     j = pf.merge(realized, on=["symbol", "date"], how="inner")
     j = j[np.isfinite(j["fwd_ret"]) & np.isfinite(j["mu"]) & (j["sigma"] > 0)]

@@ -247,3 +247,24 @@ def test_model_fitted_after_as_of_is_rejected() -> None:
     bars, dates = _two_symbol_bars()
     with pytest.raises(ValueError, match="point in time"):
         decay_metrics(bars, dates[100], [StubModel("m", dates[101])], P, horizon=5)
+
+
+def test_error_table_reads_only_the_bars_from_the_first_forecast_on() -> None:
+    """The error factor joins realized returns from the forecasts' first date on only; equal to
+    the join over every bar, also for a symbol with gaps in its own sessions."""
+    from ais_pipelines.core.decay import _error_table
+
+    bars, dates = _two_symbol_bars()
+    bars = bars.drop(index=bars.index[(bars["symbol"] == "FLIP") & bars["date"].isin(dates[430:440])])
+    as_of = dates[480]
+    fwd = forward_returns(bars, as_of, 5)
+    past = fwd[fwd["date"] >= dates[420]].assign(model="momentum", mu=0.001, sigma=0.02)
+    got = _error_table(bars, as_of, 5, past, P)
+    # the join over every bar (the computation before the filter), step by step
+    realized = forward_returns(bars, as_of, 5)
+    j = past[["symbol", "model", "date", "mu", "sigma"]].merge(realized, on=["symbol", "date"], how="inner")
+    j = j.sort_values(["symbol", "model", "date"], kind="mergesort").groupby(["symbol", "model"]).tail(P.error_window)
+    agg = j.assign(z2=((j["fwd_ret"] - j["mu"]) / j["sigma"]) ** 2).groupby(["symbol", "model"])["z2"].agg(
+        ["mean", "count"])
+    assert got["error_rmse"].tolist() == np.sqrt(agg["mean"]).tolist()
+    assert got["error_n"].tolist() == agg["count"].tolist() == [56, 46]  # CALM, FLIP (10 sessions missing)
