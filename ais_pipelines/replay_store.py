@@ -112,7 +112,10 @@ class ReadCachingWarehouse:
         for table in names:
             ops = self._pending.pop(table)
             self.flushes += 1
-            self._schemas.pop(table, None)  # a write may add or type columns
+            known = self._schemas.get(table)
+            if known is None or any(t in _UNTYPED for t in known.values()) or any(
+                    c not in known for _, _, f in ops for c in f.columns):
+                self._schemas.pop(table, None)  # the write may add or type columns
             created = table not in (self._tables or ())
             start = 0
             while start < len(ops):  # runs of one partition key, in order

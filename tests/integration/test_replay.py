@@ -57,7 +57,10 @@ def test_replay_is_deterministic_isolated_and_audited(policies_dir: Path, tmp_pa
                                    "--policies", str(policies_dir)])
     assert cli.exit_code == 0, cli.output
     assert "[2/2] 2026-11-19" in cli.output and "ETA" in cli.output
+    # run b checks each read the replay store answers from a held partition against the written table
+    monkeypatch.setenv("AIS_REPLAY_STORE_VERIFY", "1")
     b = run_replay(ReplayConfig(D1, D2, tmp_path / "b", policies_dir=policies_dir))
+    monkeypatch.delenv("AIS_REPLAY_STORE_VERIFY")
     assert f"Digest:      {b.digest}" in cli.output and len(b.digest) == 64
     sheet = (tmp_path / "a" / "tear_sheet.html").read_text()
     assert "data:image/png;base64," in sheet and "http://" not in sheet and "https://" not in sheet
