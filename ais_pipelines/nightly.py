@@ -417,11 +417,7 @@ def run_scenarios(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | No
     scen = scenario_returns(rets, horizon=risk.horizon_sessions, lookback=risk.scenario_lookback,
                             weighting=risk.scenario_weighting, regime_probs=regime_probs, current_belief=belief)
     wide = scen.to_frame()
-    long = wide.rename_axis("scenario_end").reset_index().melt(
-        id_vars="scenario_end", var_name="symbol", value_name="ret")
-    long["prob"] = long["scenario_end"].map(dict(zip(wide.index, scen.probs, strict=True)))
-    long["horizon"] = scen.horizon
-    long["weighting"] = risk.scenario_weighting
+    long = scen.to_long()
     replace_partition(con, "scenario_returns", long, "as_of", as_of.date())
     return ScenarioOutput(scen, wide)
 

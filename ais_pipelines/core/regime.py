@@ -73,7 +73,10 @@ def build_market_index(closes: pd.DataFrame, base: float = 100.0) -> pd.Series:
     """
     if closes.empty:
         return pd.Series(dtype=float, name="index_close")
-    px = closes.sort_index().apply(pd.to_numeric, errors="coerce").astype(float)
+    px = closes.sort_index()
+    if not all(pd.api.types.is_float_dtype(t) for t in px.dtypes):  # (to_numeric of floats is a no-op)
+        px = px.apply(pd.to_numeric, errors="coerce")
+    px = px.astype(float)
     px = px.where(px > 0)
     rets = px.pct_change(fill_method=None)
     avg = rets.mean(axis=1, skipna=True).fillna(0.0)

@@ -79,6 +79,21 @@ class Scenarios:
         """Scenario returns as a DataFrame (index: window end date, columns: symbols)."""
         return pd.DataFrame(self.returns, index=self.end_dates, columns=self.symbols)
 
+    def to_long(self) -> pd.DataFrame:
+        """One row per (scenario, symbol), symbol by symbol (the ``scenario_returns`` table):
+        scenario_end, symbol, ret, prob, horizon, weighting. What ``to_frame().melt`` gives, built
+        from the arrays (the table has T × N rows)."""
+        wide = self.to_frame()
+        t, n = wide.shape
+        return pd.DataFrame({
+            "scenario_end": np.tile(wide.index.to_numpy(), n),
+            "symbol": pd.array(np.repeat(wide.columns.to_numpy(), t), dtype=wide.columns.dtype),
+            "ret": self.returns.ravel(order="F"),
+            "prob": np.tile(np.asarray(self.probs, dtype="float64"), n),
+            "horizon": self.horizon,
+            "weighting": self.weighting,
+        })
+
     def effective_sample_size(self) -> float:
         """Kish effective number of scenarios, 1 / Σ p² (= T for equal weights)."""
         return float(1.0 / np.sum(self.probs**2)) if self.probs.size else 0.0

@@ -224,3 +224,20 @@ def test_scenarios_regime_weighting() -> None:
     assert flat.probs == pytest.approx(np.full(t, 1 / t))
     with pytest.raises(ValueError):
         scenario_returns(logr, weighting="regime")
+
+
+def test_scenario_table_is_the_melted_matrix() -> None:
+    """``Scenarios.to_long`` (the scenario_returns partition) equals the melt of the matrix with
+    each window's probability, row for row and dtype for dtype, on real prices and regime weights."""
+    prices = load_sp500_dataset().iloc[-400:, :12]
+    log_r = np.log(prices).diff().iloc[1:]
+    beliefs = pd.DataFrame({"NORMAL": 0.6, "VOLATILE": 0.3, "CRISIS": 0.1}, index=log_r.index)
+    scen = scenario_returns(log_r, horizon=5, lookback=300, weighting="regime", regime_probs=beliefs,
+                            current_belief={"NORMAL": 0.2, "VOLATILE": 0.3, "CRISIS": 0.5})
+    wide = scen.to_frame()
+    melted = wide.rename_axis("scenario_end").reset_index().melt(id_vars="scenario_end", var_name="symbol",
+                                                                value_name="ret")
+    melted["prob"] = melted["scenario_end"].map(dict(zip(wide.index, scen.probs, strict=True)))
+    melted["horizon"] = scen.horizon
+    melted["weighting"] = "regime"
+    pd.testing.assert_frame_equal(scen.to_long(), melted, check_exact=True)
