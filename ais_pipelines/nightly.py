@@ -161,14 +161,18 @@ def read_cvar(con: Any, as_of: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame
             read_table(con, "portfolio_cvar_components", "as_of = ?", [d]))
 
 
+_LATEST_BEFORE = 'as_of = (SELECT max(as_of) FROM "{table}" WHERE as_of < ?)'
+
+
 def current_book(con: Any, as_of: pd.Timestamp, default_nav: float) -> tuple[pd.DataFrame, float | None, float]:
     """(positions, cash, last NAV) as last recorded by the intraday job before D's decision.
 
     The last ``positions_snapshot`` before D is the book after the session that ended at D's
     close (broker truth, reconciled with the ledger): the as-of-close book, with no broker call.
     """
-    pos = read_table(con, "positions_snapshot", "as_of < ?", [as_of.date()])
-    pnl = read_table(con, "pnl_history", "as_of < ?", [as_of.date()])
+    # Only the latest partition before D (the tables grow by one partition a session).
+    pos = read_table(con, "positions_snapshot", _LATEST_BEFORE.format(table="positions_snapshot"), [as_of.date()])
+    pnl = read_table(con, "pnl_history", _LATEST_BEFORE.format(table="pnl_history"), [as_of.date()])
     last_pnl = pnl.sort_values("as_of").iloc[-1] if not pnl.empty else None
     nav = float(last_pnl["nav"]) if last_pnl is not None and "nav" in pnl else default_nav
     cash = float(last_pnl["cash"]) if last_pnl is not None and "cash" in pnl else None

@@ -157,3 +157,26 @@ def test_a_held_partition_of_a_table_with_an_untyped_column() -> None:
         pd.testing.assert_frame_equal(read_table(cached, "t", "as_of = ?", (day,)),
                                       read_table(plain, "t", "as_of = ?", (day,)), check_exact=True)
     assert cached.held_reads == 1  # the typed value is written (it types the column) and read
+
+
+def test_the_book_before_d_is_the_latest_partition_before_d() -> None:
+    """``nightly.current_book`` reads only the last positions / P&L partition before D (the
+    tables grow a partition a session): the book, cash and NAV a read of every row gives."""
+    from ais_pipelines.nightly import current_book
+
+    plain, cached = _both()
+    days = [date(2026, 11, 16), date(2026, 11, 17), date(2026, 11, 18)]
+    for c in (plain, cached):
+        for k, day in enumerate(days):
+            replace_partition(c, "positions_snapshot", pd.DataFrame(
+                {"symbol": ["A", "B", "C"][: k + 1], "qty": [10.0 + k] * (k + 1),
+                 "market_value": [100.0] * (k + 1), "mark": [10.0] * (k + 1)}), "as_of", day)
+            replace_partition(c, "pnl_history", pd.DataFrame({"nav": [1000.0 + k], "cash": [900.0 - k]}), "as_of", day)
+    for c in (plain, cached):
+        book, cash, nav = current_book(c, pd.Timestamp(days[2]), 5.0)  # D's own partition is not read
+        assert book.to_dict("list") == {"symbol": ["A", "B"], "qty": [11.0, 11.0], "market_value": [100.0, 100.0],
+                                        "mark": [10.0, 10.0]}
+        assert (cash, nav) == (899.0, 1001.0)
+        book, cash, nav = current_book(c, pd.Timestamp(days[0]), 5.0)
+        assert book.empty and list(book.columns) == ["symbol", "qty", "market_value", "mark"]
+        assert (cash, nav) == (None, 5.0)
