@@ -254,7 +254,25 @@ def macro_inputs_as_of(con: Any, pol: Policies, as_of: pd.Timestamp, vix_proxy: 
                         max_staleness_days=cfg.macro_max_staleness_days, fetch_status=status)
 
 
-def run_regime(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None = None) -> RegimeOutput:
+_FIT_WORKER: Any = None
+
+
+def regime_fit_worker() -> Any:
+    """A one-process pool (spawned once, kept for the process) that runs a regime refit's second
+    optimiser start beside the first — the replay's nights refit every ``refit_every_sessions``.
+    None on a one-core machine or with ``AIS_REGIME_FIT_WORKER=0``."""
+    global _FIT_WORKER
+    if _FIT_WORKER is None and (os.cpu_count() or 1) > 1 and os.environ.get("AIS_REGIME_FIT_WORKER", "1") != "0":
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        _FIT_WORKER = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    return _FIT_WORKER
+
+
+def run_regime(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None = None,
+               executor: Any = None) -> RegimeOutput:
+    """``executor``: where a refit may run its second start (``regime_fit_worker``); None: here."""
     cfg = pol.models.regime
     stocks = [i.symbol for i in pol.universe.symbols if i.resolved_class == "STOCKS"]
     quality = read_quality(con, as_of)
@@ -268,7 +286,8 @@ def run_regime(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None 
     if previous is not None and not regime_core.refit_due(previous, returns, cfg.refit_every_sessions):
         outcome = regime_core.filter_regime_model(returns, previous)
     if outcome is None:
-        outcome = regime_core.fit_regime_model(returns, seed=cfg.seed, previous=previous, min_obs=cfg.min_obs)
+        outcome = regime_core.fit_regime_model(returns, seed=cfg.seed, previous=previous, min_obs=cfg.min_obs,
+                                               executor=executor if previous is not None else None)
     inputs = regime_core.regime_inputs(index, np.log(closes).diff(), as_of)
     inputs |= macro_inputs_as_of(con, pol, as_of, inputs.get("vix_proxy", float("nan")))  # issue 16
     snap = regime_core.regime_snapshot(
@@ -679,7 +698,7 @@ def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *,
     quality = run_quality(con, pol, as_of, run_id)
     feats = run_features(con, pol, as_of, run_id)
     run_macro_series(con, pol, as_of, fred, warm_dir.parent / "raw" / f"macro-{as_of.date()}")
-    regime = run_regime(con, pol, as_of, run_id)
+    regime = run_regime(con, pol, as_of, run_id, executor=regime_fit_worker())
     if refit:
         run_model_refit(con, pol, as_of, run_id)
     fc = run_forecasts(con, pol, as_of, run_id, features=feats)

@@ -36,6 +36,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -212,6 +213,18 @@ def _clean_returns(returns: pd.Series) -> pd.Series:
     return s.dropna()
 
 
+def _fit_start(y_pct: np.ndarray, start: np.ndarray, em_iter: int, max_iter: int, search_reps: int, seed: int,
+               model: Any = None) -> tuple[np.ndarray, bool]:
+    """One optimiser run from ``start``: (parameters, converged). A module function, so a
+    process pool can run it (``model`` is rebuilt there from the returns)."""
+    model = _make_model(y_pct) if model is None else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence is checked by the caller
+        res = model.fit(start_params=start, em_iter=em_iter, maxiter=max_iter, cov_type="none",
+                        search_reps=search_reps, rng=seed)
+    return np.asarray(res.params, dtype=float), bool(res.mle_retvals.get("converged", False))
+
+
 def _make_model(y_pct: np.ndarray) -> Any:
     from statsmodels.tsa.regime_switching.markov_regression import MarkovRegression
 
@@ -318,6 +331,7 @@ def fit_regime_model(
     min_obs: int = 250,
     min_regime_mass: float = 0.01,
     min_variance_ratio: float = 1.5,
+    executor: Executor | None = None,
 ) -> RegimeFitOutcome:
     """Fit the 3-state switching-variance model to daily (fractional) index returns.
 
@@ -332,6 +346,9 @@ def fit_regime_model(
     than ``min_variance_ratio`` (labels would be arbitrary; on i.i.d. noise the spurious third
     state typically lands here), or a regime with mean filtered probability below
     ``min_regime_mass``.
+
+    ``executor`` (e.g. a one-worker process pool) runs the ``previous`` start beside the cold
+    one; the outcome is the one without it.
     """
     clean = _clean_returns(returns)
     failures: list[str] = []
@@ -357,20 +374,18 @@ def fit_regime_model(
                     ),
                 )
             )
-        for name, sp in starts:
+        # The later starts run on ``executor`` (another process) while this one runs the first:
+        # the same computation, so the same fit (issue 12: a refit is two optimiser runs).
+        fits: list[Any] = [None] * len(starts)
+        if executor is not None and len(starts) > 1:
+            fits[1:] = [executor.submit(_fit_start, y_pct, sp, em_iter, max_iter, 0, seed) for _, sp in starts[1:]]
+        for k, (name, sp) in enumerate(starts):
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # convergence is checked explicitly below
-                    res = model.fit(
-                        start_params=sp,
-                        em_iter=em_iter,
-                        maxiter=max_iter,
-                        cov_type="none",
-                        search_reps=search_reps if name == "cold" else 0,
-                        rng=seed,
-                    )
-                params = np.asarray(res.params, dtype=float)
-                converged = bool(res.mle_retvals.get("converged", False))
+                if fits[k] is None:
+                    params, converged = _fit_start(y_pct, sp, em_iter, max_iter,
+                                                   search_reps if name == "cold" else 0, seed, model)
+                else:
+                    params, converged = fits[k].result()
                 P, means, variances = _unpack_params(model, params)
                 order = np.argsort(variances, kind="stable")
                 P = P[np.ix_(order, order)]

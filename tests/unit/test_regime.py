@@ -413,3 +413,19 @@ def test_regime_inputs_short_history_is_nan_not_error() -> None:
     assert math.isnan(inp["index_sma200"]) and math.isnan(inp["index_vs_sma200"])
     assert math.isnan(inp["corr_252d"]) and math.isnan(inp["corr_spike"])
     assert math.isfinite(inp["corr_21d"]) and math.isfinite(inp["realized_vol_21d"])
+
+
+def test_a_refit_with_its_second_start_in_another_process_is_the_same_fit(sp_returns) -> None:
+    """The ``previous`` start on a one-worker process pool (the replay's refits) gives the fit,
+    filtered probabilities and log-likelihood of both starts run here, bit for bit."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    first = fit_regime_model(sp_returns.loc["2008-01-01":"2009-06-30"], seed=3)
+    later = sp_returns.loc["2008-02-01":"2009-07-31"]
+    here = fit_regime_model(later, seed=3, previous=first.fit)
+    assert first.fit is not None and here.detail == ""  # two starts, both converged and usable
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        there = fit_regime_model(later, seed=3, previous=first.fit, executor=pool)
+    assert here.fit is not None and here.fit == there.fit and here.detail == there.detail
+    pd.testing.assert_frame_equal(here.filtered, there.filtered, check_exact=True)
