@@ -323,7 +323,7 @@ def _as_read(frame: pd.DataFrame, schema: dict[str, str], key: str, value: objec
              times: dict[str, Any]) -> pd.DataFrame | None:
     """``frame`` as DuckDB hands the table's partition back (pandas only), for the conversions
     that are identities or exact: float64 DOUBLE, int64 BIGINT / DOUBLE, bool BOOLEAN, text
-    VARCHAR, datetime64 / dates as DATE or TIMESTAMP (``times``: the dtype DuckDB hands each out
+    VARCHAR (all NULL: objects None, as DuckDB gives them), datetime64 / dates as DATE or TIMESTAMP (``times``: the dtype DuckDB hands each out
     as), a DATE key. None for anything else (the caller lets DuckDB cast it)."""
     n, cols = len(frame), {}
     if n == 0:
@@ -334,9 +334,12 @@ def _as_read(frame: pd.DataFrame, schema: dict[str, str], key: str, value: objec
                 return None
             cols[c] = np.full(n, np.datetime64(value, "D")).astype(times[t])
             continue
-        if c not in frame.columns:
+        col = frame[c] if c in frame.columns else None
+        if (t in _UNTYPED or t == "VARCHAR") and (col is None or bool(col.isna().all())):
+            cols[c] = np.full(n, None, dtype=object)  # DuckDB hands an all-NULL text column out so
+            continue
+        if col is None:
             return None
-        col = frame[c]
         kind = str(col.dtype)
         if (t, kind) in _SAME:
             cols[c] = col.to_numpy(copy=True)
