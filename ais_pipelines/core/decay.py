@@ -32,10 +32,12 @@ import numpy as np
 import pandas as pd
 
 from ais_pipelines.core.features import (
+    SortedBars,
     build_panel,
     forward_returns,
     lag1_autocorr_rows,
     normalize_as_of,
+    sorted_bars,
     symbols_of,
 )
 from ais_pipelines.core.reason_codes import ReasonCode, codes_str
@@ -183,10 +185,11 @@ def autocorr_flip_factor(
     return float(_flip_factor_arrays(np.array([rho]), np.array([n]), np.array([fit_window_sign]), params)[0])
 
 
-def recent_autocorr(bars: pd.DataFrame, as_of: object, window: int) -> pd.DataFrame:
+def recent_autocorr(bars: pd.DataFrame, as_of: object, window: int, *,
+                    sorted_: SortedBars | None = None) -> pd.DataFrame:
     """Lag-1 autocorrelation of each symbol's last ``window`` daily log returns up to ``as_of``.
     Columns: symbol, rho, n."""
-    panel = build_panel(bars, as_of, window + 1)
+    panel = build_panel(bars, as_of, window + 1, sorted_=sorted_)
     rho, n = lag1_autocorr_rows(panel.returns[:, 1:])
     return pd.DataFrame({"symbol": panel.symbols.astype(str), "rho": rho, "n": n.astype(np.int64)})
 
@@ -239,8 +242,10 @@ def decay_metrics(
     horizon: int,
     past_forecasts: pd.DataFrame | None = None,
     symbols: Sequence[str] | None = None,
+    sorted_: SortedBars | None = None,
 ) -> pd.DataFrame:
     """Decay metrics per (symbol, model) as of ``as_of`` (columns ``DECAY_COLUMNS``).
+    ``sorted_``: ``sorted_bars(bars, as_of)`` if the caller has it.
 
     ``past_forecasts`` (symbol, model, date, mu, sigma) are earlier forecasts of the models on
     horizon ``horizon``; only those dated on/before ``as_of`` whose H-session outcome is known by
@@ -248,14 +253,18 @@ def decay_metrics(
     Raises ``ValueError`` for a model fitted after ``as_of`` (it cannot exist yet).
     """
     as_of_ts = normalize_as_of(as_of)
-    syms = [str(s) for s in (symbols if symbols is not None else symbols_of(bars, as_of_ts))]
+    lg = sorted_
+    if symbols is None:  # one sort for the symbols and the autocorrelation panel
+        lg = sorted_bars(bars, as_of_ts) if lg is None else lg
+        symbols = symbols_of(bars, as_of_ts, sorted_=lg)
+    syms = [str(s) for s in symbols]
     if not syms or not models:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in DECAY_COLUMNS})
     for m in models:
         if pd.Timestamp(m.fit_date) > as_of_ts:
             raise ValueError(f"model {m.version} was fitted after {as_of_ts.date()}: not point in time")
 
-    ac = recent_autocorr(bars, as_of_ts, params.autocorr_window).set_index("symbol")
+    ac = recent_autocorr(bars, as_of_ts, params.autocorr_window, sorted_=lg).set_index("symbol")
     ac = ac.reindex(syms)
     rho_recent = ac["rho"].to_numpy(dtype="float64")
     n_recent = ac["n"].fillna(0).to_numpy(dtype="int64")

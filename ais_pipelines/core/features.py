@@ -164,7 +164,7 @@ def _validate(bars: pd.DataFrame) -> None:
 
 
 @dataclass(frozen=True)
-class _Long:
+class SortedBars:
     """Bars on/before as_of sorted by (symbol, date), as flat numpy arrays."""
 
     codes: np.ndarray
@@ -174,7 +174,7 @@ class _Long:
     cols: dict[str, np.ndarray]
 
 
-def _sorted_long(bars: pd.DataFrame, as_of: pd.Timestamp) -> _Long:
+def sorted_bars(bars: pd.DataFrame, as_of: pd.Timestamp) -> SortedBars:
     _validate(bars)
     date_col = bars["date"]
     if not pd.api.types.is_datetime64_dtype(date_col.dtype):
@@ -204,13 +204,14 @@ def _sorted_long(bars: pd.DataFrame, as_of: pd.Timestamp) -> _Long:
     else:
         asset_class = np.full(n_sym, "", dtype=object)
     symbols = np.asarray(pd.Index(uniques_all).astype(str), dtype=object)[present]
-    return _Long(codes, symbols, asset_class, dates, cols)
+    return SortedBars(codes, symbols, asset_class, dates, cols)
 
 
-def build_panel(bars: pd.DataFrame, as_of: object, length: int) -> Panel:
-    """The last ``length`` bars on/before ``as_of`` of every symbol, right-aligned."""
+def build_panel(bars: pd.DataFrame, as_of: object, length: int, *, sorted_: SortedBars | None = None) -> Panel:
+    """The last ``length`` bars on/before ``as_of`` of every symbol, right-aligned.
+    ``sorted_``: ``sorted_bars(bars, as_of)`` if the caller has it (one sort for several panels)."""
     as_of_ts = normalize_as_of(as_of)
-    lg = _sorted_long(bars, as_of_ts)
+    lg = sorted_bars(bars, as_of_ts) if sorted_ is None else sorted_
     n_sym = len(lg.symbols)
     counts = np.bincount(lg.codes, minlength=n_sym) if n_sym else np.zeros(0, dtype=int)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n_sym else np.zeros(0, dtype=int)
@@ -512,7 +513,7 @@ def returns_matrix(bars: pd.DataFrame, as_of: object, lookback: int) -> pd.DataF
     (or no previous bar) on that date.
     """
     as_of_ts = normalize_as_of(as_of)
-    lg = _sorted_long(bars, as_of_ts)
+    lg = sorted_bars(bars, as_of_ts)
     if len(lg.codes) == 0 or lookback <= 0:
         return pd.DataFrame(index=pd.DatetimeIndex([], name="date"))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -541,7 +542,7 @@ def forward_returns(
     most recent n such dates. Columns: symbol, date, fwd_ret.
     """
     as_of_ts = normalize_as_of(as_of)
-    lg = _sorted_long(bars, as_of_ts)
+    lg = sorted_bars(bars, as_of_ts)
     n = len(lg.codes)
     if n <= horizon:
         return pd.DataFrame(
@@ -590,9 +591,9 @@ def lag1_autocorr_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rho, n
 
 
-def symbols_of(bars: pd.DataFrame, as_of: object) -> Sequence[str]:
+def symbols_of(bars: pd.DataFrame, as_of: object, *, sorted_: SortedBars | None = None) -> Sequence[str]:
     """Sorted symbols with at least one bar on/before ``as_of``."""
-    lg = _sorted_long(bars, normalize_as_of(as_of))
+    lg = sorted_bars(bars, normalize_as_of(as_of)) if sorted_ is None else sorted_
     return [str(s) for s in lg.symbols]
 
 

@@ -75,6 +75,7 @@ from ais_pipelines.core.decay import DecayParams, decay_metrics
 from ais_pipelines.core.features import (
     FeatureParams,
     Panel,
+    SortedBars,
     build_panel,
     compute_market_features,
     ewma_variance,
@@ -82,6 +83,7 @@ from ais_pipelines.core.features import (
     lag1_autocorr_rows,
     normalize_as_of,
     rolling_window,
+    sorted_bars,
 )
 from ais_pipelines.core.reason_codes import ReasonCode, codes_str
 
@@ -661,13 +663,14 @@ def _panel_for(
     as_of: pd.Timestamp,
     params: ForecastParams,
     n_back: int,
+    sorted_: SortedBars | None = None,
 ) -> Panel:
     warm = max(
         max(int(m.spec["mom_long"]) + 1, int(m.spec["mr_lookback"]) + 1, int(m.spec["ewma_min_obs"]) + 1)
         for m in models
     )
     warm = max(warm, params.long_vol_window + 1 if params.sigma_ewma_weight < 1 else 0)
-    return build_panel(bars, as_of, warm + n_back + 1)
+    return build_panel(bars, as_of, warm + n_back + 1, sorted_=sorted_)
 
 
 def backcast_forecasts(
@@ -749,7 +752,8 @@ def forecast(
         raise ValueError("no models to forecast with")
     _check_models(models, as_of_ts, H)
     n_back = params.decay.error_window + H
-    panel = _panel_for(models, bars, as_of_ts, params, n_back)
+    long = sorted_bars(bars, as_of_ts)  # sorted once: the panel and the decay metrics' panel
+    panel = _panel_for(models, bars, as_of_ts, params, n_back, sorted_=long)
     syms = panel.symbols.astype(str)
     n_sym = len(syms)
     if n_sym == 0:
@@ -764,7 +768,8 @@ def forecast(
             bars, as_of_ts, models, params, regime_labels, _panel=panel, _n_back=n_back
         )
     dm = decay_metrics(
-        bars, as_of_ts, models, params.decay, horizon=H, past_forecasts=past_forecasts, symbols=list(syms)
+        bars, as_of_ts, models, params.decay, horizon=H, past_forecasts=past_forecasts, symbols=list(syms),
+        sorted_=long,
     )
     dm_idx = dm.set_index(["model", "symbol"])
 
