@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -187,12 +187,13 @@ class PaperBroker:
             chunk = min(remaining, max(1.0, math.floor(chunk)))
         return chunk
 
-    def _to_broker_order(self, conn: Connection, row: Any) -> BrokerOrder:
-        fills = conn.execute(
-            select(m.paper_fills)
-            .where(m.paper_fills.c.broker_order_id == row.broker_order_id)
-            .order_by(m.paper_fills.c.fill_id)
-        ).all()
+    def _to_broker_order(self, conn: Connection, row: Any, fills: Sequence[Any] | None = None) -> BrokerOrder:
+        if fills is None:
+            fills = conn.execute(
+                select(m.paper_fills)
+                .where(m.paper_fills.c.broker_order_id == row.broker_order_id)
+                .order_by(m.paper_fills.c.fill_id)
+            ).all()
         return BrokerOrder(
             broker_order_id=row.broker_order_id,
             client_order_id=row.client_order_id,
@@ -471,7 +472,19 @@ class PaperBroker:
                     )
                 ).all()
             )
-            return [self._to_broker_order(conn, r) for r in rows]
+            return self._to_broker_orders(conn, rows)
+
+    def _to_broker_orders(self, conn: Connection, rows: Sequence[Any]) -> list[BrokerOrder]:
+        """``[_to_broker_order(r) for r in rows]`` with every order's fills read in one query, not
+        one query per order (a long replay's broker holds every order it ever took)."""
+        by_order: dict[str, list[Any]] = {r.broker_order_id: [] for r in rows}
+        ids = list(by_order)
+        f = m.paper_fills.c
+        for start in range(0, len(ids), 500):  # bound the IN list
+            q = select(m.paper_fills).where(f.broker_order_id.in_(ids[start:start + 500])).order_by(f.fill_id)
+            for fr in conn.execute(q):
+                by_order[fr.broker_order_id].append(fr)
+        return [self._to_broker_order(conn, r, by_order[r.broker_order_id]) for r in rows]
 
     def get_positions(self) -> dict[str, BrokerPosition]:
         with self.engine.begin() as conn:

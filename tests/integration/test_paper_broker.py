@@ -141,6 +141,11 @@ def test_large_orders_fill_partially_over_ticks(ledger, clock, quotes):
     assert third.fills[2].price == pytest.approx(expected_price("BUY", 399.9, 400.1, 0.01, 50, 10_000))
     assert third.avg_fill_price == pytest.approx(sum(f.qty * f.price for f in third.fills) / 250)
     assert broker.process_tick() == []  # nothing left to work
+    # issue 12: list_orders reads every order's fills in one query — the same orders as one by one
+    broker.submit_order("small", "AAPL", "BUY", 10)
+    listed = broker.list_orders()
+    assert listed == [broker.get_order_by_client_id(c) for c in ("big", "small")]
+    assert [len(o.fills) for o in listed] == [3, 1]
 
 
 @pytest.mark.parametrize(
