@@ -310,10 +310,8 @@ def _read(con: Any, table: str, as_of: date) -> pd.DataFrame:
     return read_table(con, table, "as_of = ?", [as_of])
 
 
-def load_snapshot(con: Any, as_of: date, returns_window: int = 63, bars: pd.DataFrame | None = None) -> MarketSnapshot:
-    """Read session D's proposals and their context from the DuckDB warehouse. ``bars``: the
-    bars up to D exactly as ``read_bars(con, end=D)`` returns them, when the caller holds that
-    read already (the walk-forward replay's shared bars read); else they are queried here."""
+def load_snapshot(con: Any, as_of: date, returns_window: int = 63) -> MarketSnapshot:
+    """Read session D's proposals and their context from the DuckDB warehouse."""
     from ais_pipelines.warehouse import read_bars, table_exists
 
     proposals = _read(con, "order_proposals", as_of)
@@ -331,21 +329,14 @@ def load_snapshot(con: Any, as_of: date, returns_window: int = 63, bars: pd.Data
         regime = str(proposals["regime"].dropna().iloc[0]).upper()
     providers: dict[str, set[str]] = {}
     returns = pd.DataFrame()
-    if bars is not None and len(bars):
-        providers = {str(s): {str(p) for p in ps if p is not None and p == p}
-                     for s, ps in bars.groupby("symbol", sort=False)["provider"].unique().items()}
-    elif table_exists(con, "bars"):
+    if table_exists(con, "bars"):
         rows = con.execute(
             "SELECT symbol, list(DISTINCT provider) FROM bars WHERE date <= ? GROUP BY symbol",
             [pd.Timestamp(as_of).to_pydatetime()],
         ).fetchall()
         providers = {str(s): {str(p) for p in ps} for s, ps in rows}
-    if providers:
         start = pd.Timestamp(as_of) - pd.Timedelta(days=int(returns_window * 1.6) + 10)
-        if bars is not None:
-            bars = bars[(bars["date"] >= start).to_numpy()].reset_index(drop=True)
-        else:
-            bars = read_bars(con, end=as_of, start=start)
+        bars = read_bars(con, end=as_of, start=start)
         if not bars.empty:
             px = bars.pivot_table(index="date", columns="symbol", values="adj_close", aggfunc="last")
             returns = np.log(px.where(px > 0)).diff().iloc[1:].tail(returns_window)

@@ -348,10 +348,9 @@ def open_session(pol: Policies, con: Any, as_of: date, store: LedgerStore, audit
     from ais_pipelines.core.calendars import get_calendar
     from ais_pipelines.market_data.quotes import SampleQuoteSource
 
+    snapshot = ex.load_snapshot(con, as_of)
     cals = replay_calendars(pol)
     traded = next_session(as_of, cals)
-    # the bars read the night of D+1 shares (held since its ingestion: bars_cache), up to D
-    snapshot = ex.load_snapshot(con, as_of, bars=bars_cache.run_bars(con, f"replay-{traded}", end=as_of))
     open_ = get_calendar(cals[0]).session_open(pd.Timestamp(traded)).to_pydatetime()
     clock = SimulatedClock(open_ + timedelta(minutes=MINUTES_AFTER_OPEN))
     if not_before is not None and not_before > clock.now():
