@@ -36,9 +36,11 @@ def con(tmp_path: Path):
 
 def test_run_bars_equal_read_bars(con) -> None:
     end = pd.Timestamp("2024-01-25")
-    for symbols, e in ((None, None), (["AAPL", "BTC/USD", "NOPE"], None), (None, end), (["MSFT"], end), ([], end)):
+    everyone, later = ["MSFT", "AAPL", "BTC/USD", "NOPE"], pd.Timestamp("2030-01-01")  # filters that keep all rows
+    for symbols, e in ((None, None), (["AAPL", "BTC/USD", "NOPE"], None), (None, end), (["MSFT"], end), ([], end),
+                       (everyone, None), (everyone, later), (None, later), (["AAPL"], later)):
         pd.testing.assert_frame_equal(bars_cache.run_bars(con, "run-1", symbols, end=e),
-                                      read_bars(con, symbols, end=e))
+                                      read_bars(con, symbols, end=e), check_exact=True)
 
 
 def test_one_read_per_run_and_fresh_after_a_write_or_a_new_run(con, monkeypatch) -> None:
