@@ -73,10 +73,14 @@ def store_ingestion(con, outcome: IngestionOutcome, run_id: str, end: date,
     return row_accounting(outcome.log, outcome.bars, outcome.rejects)
 
 
-def promote_staged_bars(con, fallback_run_id: str) -> tuple[UpsertStats, pd.DataFrame, int]:
-    """Upsert the staged bars into ``bars`` (never deletes); the stored summary per class."""
+def promote_staged_bars(con, fallback_run_id: str, *, summarize: bool = True) -> tuple[UpsertStats, pd.DataFrame, int]:
+    """Upsert the staged bars into ``bars`` (never deletes); the stored summary per class and the
+    row count (metadata; ``summarize=False``: not computed — the replay, which shows neither,
+    skips two scans of the whole bars table a night)."""
     # issue 15: upserted inside DuckDB (store_ingestion stamps every staged row with one run id)
     stats = upsert_staged_bars(con, STAGING_TABLE)
+    if not summarize:
+        return stats, pd.DataFrame(), 0
     summary = con.execute(
         "SELECT asset_class, count(DISTINCT symbol) AS symbols, count(*) AS rows, "
         "min(date)::DATE AS first, max(date)::DATE AS last FROM bars GROUP BY 1 ORDER BY 1"
@@ -87,11 +91,13 @@ def promote_staged_bars(con, fallback_run_id: str) -> tuple[UpsertStats, pd.Data
 
 def latest_ingestion(con, as_of: pd.Timestamp) -> str | None:
     """The newest ingestion run whose as-of covers ``as_of`` (its rejects are the evidence)."""
-    log = read_table(con, "ingestion_log")
-    if log.empty:
+    if not table_exists(con, "ingestion_log"):
         return None
-    log = log[pd.to_datetime(log["as_of"]) >= as_of]
-    return None if log.empty else str(log.sort_values("ingested_at").iloc[-1]["run_id"])
+    # In SQL: the log grows by one row per symbol a night (a long replay read all of it nightly).
+    # Runs are stamped one instant each; of two stamped alike the later-written row wins.
+    row = fetch_one(con, 'SELECT run_id FROM "ingestion_log" WHERE CAST(as_of AS TIMESTAMP) >= ? '
+                         "ORDER BY ingested_at DESC, rowid DESC LIMIT 1", [pd.Timestamp(as_of).to_pydatetime()])
+    return str(row[0]) if row else None
 
 
 def trailing_mean_scores(con, as_of: pd.Timestamp, n: int) -> list[float]:

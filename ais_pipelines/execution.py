@@ -24,10 +24,12 @@ codes; an audit write failure halts trading (:func:`audit_or_halt`, and the OMS 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -479,11 +481,12 @@ def execution_stats(ledger: LedgerStore, max_orders: int = 100) -> dict[str, flo
     ``exec_fill_count = 0`` and undefined (NaN) statistics: a zero count proves the veto does
     not apply.
     """
-    orders = [
-        o
-        for o in ledger.list_orders(TERMINAL_STATES)
-        if o.mode != "SHADOW" and isinstance(o.payload, dict) and "reference_price" in o.payload
-    ][-max_orders:]
+    orders = ledger.last_orders(
+        TERMINAL_STATES,
+        lambda o: o.mode != "SHADOW" and isinstance(o.payload, dict) and "reference_price" in o.payload,
+        max_orders,
+    )  # the last ones only, and their fills in one query: not every order the ledger ever held
+    fills = ledger.fills_of(o.client_order_id for o in orders)
     slips: list[float] = []
     errs: list[float] = []
     ordered = filled = 0.0
@@ -493,7 +496,7 @@ def execution_stats(ledger: LedgerStore, max_orders: int = 100) -> dict[str, flo
         ref = _num(o.payload.get("reference_price"))
         pred = _num(o.payload.get("predicted_impact_bps"))
         sign = 1.0 if o.side == "BUY" else -1.0
-        for f in ledger.fills(o.client_order_id):
+        for f in fills[o.client_order_id]:
             if not (ref > 0):
                 continue
             slip = sign * (f.price - ref) / ref * 1e4
@@ -526,8 +529,9 @@ def pnl_stats(pnl_history: pd.DataFrame, window: int = 63) -> dict[str, float]:
     return {"pnl_obs_days": float(len(h)), "pnl_z_vs_model": z}
 
 
-def _pc1_correlations(returns: pd.DataFrame, min_obs: int = 20) -> pd.Series:
-    """|corr| of each symbol's returns with the first principal component of the panel."""
+def _pc1_correlations(returns: pd.DataFrame, min_obs: int = 20, symbols: Iterable[str] | None = None) -> pd.Series:
+    """|corr| of each symbol's returns (of ``symbols`` only, when given) with the first principal
+    component of the panel."""
     panel = returns.dropna(axis=1, thresh=min_obs)
     panel = panel.dropna(axis=0)
     if panel.shape[0] < min_obs or panel.shape[1] < 2:
@@ -538,6 +542,11 @@ def _pc1_correlations(returns: pd.DataFrame, min_obs: int = 20) -> pd.Series:
         return pd.Series(dtype=float)
     u, s, _vt = np.linalg.svd(z.to_numpy(), full_matrices=False)
     pc1 = pd.Series(u[:, 0] * s[0], index=z.index)
+    if symbols is not None:  # the panel (and so the component) is the whole universe's either way
+        wanted = set(symbols)
+        z = z[[c for c in z.columns if c in wanted]]
+        if z.shape[1] == 0:
+            return pd.Series(dtype=float)
     return z.apply(lambda col: abs(float(np.corrcoef(col, pc1)[0, 1])))
 
 
@@ -548,21 +557,54 @@ def win_stats(ledger: LedgerStore, returns: pd.DataFrame, now: datetime, window_
     "correlated" when its symbol's daily returns have |corr| ≥ 0.7 with the first principal
     component of the universe's returns (the book's dominant common factor).
     """
-    book: dict[str, tuple[float, float, float]] = {}
     since = ensure_utc(now) - timedelta(days=window_days)
-    wins: list[str] = []
-    for f in ledger.fills():
-        q, a, r = book.get(f.symbol, (0.0, 0.0, 0.0))
-        nq, na, nr = apply_fill_to_position(q, a, r, f.side, f.qty, f.price, 0.0)
-        book[f.symbol] = (nq, na, nr)
-        if nr - r > _EPS and ensure_utc(f.ts) >= since:
-            wins.append(f.symbol)
+    wins = [s for ts, s in _closing_wins(ledger) if ts >= since]
     if not wins:
         return {"win_count": 0.0, "correlated_win_share": math.nan}
-    corr = _pc1_correlations(returns) if not returns.empty else pd.Series(dtype=float)
+    corr = _pc1_correlations(returns, symbols=wins) if not returns.empty else pd.Series(dtype=float)
     known = [w for w in wins if w in corr.index]
     share = sum(corr[w] >= 0.7 for w in known) / len(known) if known else math.nan
     return {"win_count": float(len(wins)), "correlated_win_share": float(share)}
+
+
+@dataclass
+class _WinBook:
+    """Every fill so far applied to a book (fees aside); the fills that closed at a profit."""
+
+    count: int = 0
+    key: tuple[datetime, str] | None = None
+    book: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    wins: list[tuple[datetime, str]] = field(default_factory=list)
+
+    def apply(self, fills: Iterable[Any]) -> None:
+        for f in fills:
+            q, a, r = self.book.get(f.symbol, (0.0, 0.0, 0.0))
+            nq, na, nr = apply_fill_to_position(q, a, r, f.side, f.qty, f.price, 0.0)
+            self.book[f.symbol] = (nq, na, nr)
+            if nr - r > _EPS:
+                self.wins.append((ensure_utc(f.ts), f.symbol))
+            self.count += 1
+            self.key = (f.ts, f.fill_id)
+
+
+_WIN_BOOKS: weakref.WeakKeyDictionary[Any, _WinBook] = weakref.WeakKeyDictionary()
+
+
+def _closing_wins(ledger: LedgerStore) -> list[tuple[datetime, str]]:
+    """(ts, symbol) of every fill that reduced a position at a profit, in ``ledger.fills()`` order.
+
+    The book is carried per ledger object and only the fills after the last one seen are
+    applied (a long replay's ledger holds every fill it ever made); when a fill sorts before
+    the last one seen (``fills_after`` says so) the book is rebuilt from every fill."""
+    wb = _WIN_BOOKS.get(ledger)
+    new = ledger.fills_after(wb.key, wb.count) if wb is not None else None
+    if wb is None or new is None:
+        wb = _WinBook()
+        new = ledger.fills()
+        with contextlib.suppress(TypeError):  # not weak-referenceable: computed afresh every call
+            _WIN_BOOKS[ledger] = wb
+    wb.apply(new)
+    return wb.wins
 
 
 def correlation_to_book(symbol: str, book: BookSnapshot, returns: pd.DataFrame, min_obs: int = 20) -> float:
@@ -604,12 +646,22 @@ def _num(v: Any) -> float:
 
 
 def _per_symbol(frame: pd.DataFrame, column: str, how: str = "first") -> dict[str, float]:
+    """symbol → the first / min / max non-missing value of ``column`` (a groupby's ``first`` /
+    ``min`` / ``max``, without its per-call cost on these ~100-row frames)."""
     if frame.empty or column not in frame.columns or "symbol" not in frame.columns:
         return {}
-    s = pd.to_numeric(frame[column], errors="coerce")
-    g = s.groupby(frame["symbol"].astype(str))
-    agg = getattr(g, how)()
-    return {k: float(v) for k, v in agg.items() if pd.notna(v)}
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    keys = frame["symbol"].astype(str)
+    out: dict[str, float] = {}
+    pick = min if how == "min" else max if how == "max" else None
+    for k, v, missing in zip(keys.to_numpy(dtype=object), values, keys.isna().to_numpy(), strict=True):
+        if missing or v != v:  # NaN key or value: skipped, as by the groupby
+            continue
+        if k not in out:
+            out[k] = float(v)
+        elif pick is not None:
+            out[k] = pick(out[k], float(v))
+    return out
 
 
 def order_id_for(as_of: date | str, symbol: str, side: str) -> str:
@@ -711,40 +763,43 @@ def build_policy_context(
     data_quality_score          ``data_quality.data_quality_score`` of D
     ==========================  ==============================================================
     """
+    # The columns are built first and framed once: inserting ~45 columns one by one into a
+    # frame (string column index) cost ~45 ms a call, longer than everything computed here.
     now = ensure_utc(now)
     p = proposals.copy().reset_index(drop=True)
     n = len(p)
-    out = pd.DataFrame(index=range(n))
+    cols: dict[str, Any] = {}
     sym = p["symbol"].astype(str) if "symbol" in p.columns else pd.Series([""] * n)
     side = p["side"].astype(str).str.upper() if "side" in p.columns else pd.Series(["UNKNOWN"] * n)
     as_of = p["as_of"] if "as_of" in p.columns else pd.Series([pd.NaT] * n)
-    out["as_of"] = pd.to_datetime(as_of).dt.date.astype(str)
-    out["symbol"] = sym
-    out["side"] = side
-    ids = [order_id_for(a, s, sd) for a, s, sd in zip(out["as_of"], sym, side, strict=True)]
+    cols["as_of"] = pd.to_datetime(as_of).dt.date.astype(str)
+    cols["symbol"] = sym
+    cols["side"] = side
+    ids = [order_id_for(a, s, sd) for a, s, sd in zip(cols["as_of"], sym, side, strict=True)]
     seen: dict[str, int] = {}
     for i, oid in enumerate(ids):  # a symbol appears once per batch; guard anyway
         seen[oid] = seen.get(oid, 0) + 1
         if seen[oid] > 1:
             ids[i] = f"{oid}#{seen[oid]}"
-    out["order_id"] = ids
+    cols["order_id"] = ids
     classes = [str(getattr(asset_classes.get(s), "value", asset_classes.get(s)) or classify_symbol(s).value) for s in sym]
-    out["asset_class"] = classes
-    out["qty"] = pd.to_numeric(p.get("qty", np.nan), errors="coerce")
-    out["reference_price"] = pd.to_numeric(p.get("price", np.nan), errors="coerce")
-    out["proposal_status"] = p.get("status", pd.Series(["PROPOSED"] * n)).fillna("PROPOSED").astype(str)
-    out["proposal_reason_codes"] = p.get("reason_codes", pd.Series([""] * n)).fillna("").astype(str)
-    out["style"] = p.get("style", pd.Series([None] * n))
-    out["regime"] = p.get("regime", pd.Series([None] * n))
-    out["proposal_reduce_only"] = p.get("reduce_only", pd.Series([False] * n)).fillna(False).astype(bool)
-    out["predicted_impact_bps"] = pd.to_numeric(p.get("impact_bps", np.nan), errors="coerce")
+    cols["asset_class"] = classes
+    qty = cols["qty"] = pd.to_numeric(p.get("qty", np.nan), errors="coerce")
+    ref = cols["reference_price"] = pd.to_numeric(p.get("price", np.nan), errors="coerce")
+    cols["proposal_status"] = p.get("status", pd.Series(["PROPOSED"] * n)).fillna("PROPOSED").astype(str)
+    cols["proposal_reason_codes"] = p.get("reason_codes", pd.Series([""] * n)).fillna("").astype(str)
+    cols["style"] = p.get("style", pd.Series([None] * n))
+    cols["regime"] = p.get("regime", pd.Series([None] * n))
+    cols["proposal_reduce_only"] = p.get("reduce_only", pd.Series([False] * n)).fillna(False).astype(bool)
+    cols["predicted_impact_bps"] = pd.to_numeric(p.get("impact_bps", np.nan), errors="coerce")
+    qty, ref = _column(qty, n), _column(ref, n)
 
     q = quotes.set_index("symbol") if not quotes.empty else pd.DataFrame(columns=["bid", "ask", "mid", "quote_ts"])
-    out["bid"] = sym.map(q["bid"]).astype(float)
-    out["ask"] = sym.map(q["ask"]).astype(float)
-    out["mid"] = sym.map(q["mid"]).astype(float)
-    out["quote_ts"] = pd.to_datetime(sym.map(q["quote_ts"]), utc=True)
-    out["quote_age_s"] = (pd.Timestamp(now) - out["quote_ts"]).dt.total_seconds()
+    cols["bid"] = sym.map(q["bid"]).astype(float)
+    cols["ask"] = sym.map(q["ask"]).astype(float)
+    mid = cols["mid"] = sym.map(q["mid"]).astype(float)
+    quote_ts = cols["quote_ts"] = pd.to_datetime(sym.map(q["quote_ts"]), utc=True)
+    cols["quote_age_s"] = (pd.Timestamp(now) - quote_ts).dt.total_seconds()
 
     # --- pre-trade fields
     open_cache: dict[str, bool] = {}
@@ -755,42 +810,46 @@ def build_policy_context(
             open_cache[cal] = is_open_at(cal, pd.Timestamp(now))
         return open_cache[cal]
 
-    out["market_open"] = [market_open(s, c) for s, c in zip(sym, classes, strict=True)]
-    out["symbol_allowed"] = [bool(mandate.symbol_allowed(s, c)) for s, c in zip(sym, classes, strict=True)]
-    out["daily_drawdown"] = book.daily_drawdown
-    out["event_blackout"] = [in_blackout(s, now, mandate.event_blackouts) for s in sym]
-    out["liquidity_score"] = sym.map(_per_symbol(features, "liquidity_score")).astype(float)
+    cols["market_open"] = [market_open(s, c) for s, c in zip(sym, classes, strict=True)]
+    cols["symbol_allowed"] = [bool(mandate.symbol_allowed(s, c)) for s, c in zip(sym, classes, strict=True)]
+    cols["daily_drawdown"] = book.daily_drawdown
+    cols["event_blackout"] = [in_blackout(s, now, mandate.event_blackouts) for s in sym]
+    names = sym.tolist()
 
-    current = sym.map(lambda s: book.positions.get(s, 0.0)).astype(float)
-    out["current_qty"] = current
-    signed = np.where(side == "BUY", 1.0, np.where(side == "SELL", -1.0, np.nan)) * out["qty"]
-    mark = out["mid"].where(out["mid"].notna(), out["reference_price"])
-    out["notional"] = out["qty"] * mark
+    def lookup(values: Mapping[str, float]) -> pd.Series:  # ``sym.map(values)`` as float, without its cost
+        return pd.Series([values.get(s, math.nan) for s in names], index=sym.index, dtype=float)
+
+    cols["liquidity_score"] = lookup(_per_symbol(features, "liquidity_score"))
+
+    current = pd.Series([float(book.positions.get(s, 0.0)) for s in names], index=sym.index, dtype=float)
+    cols["current_qty"] = current
+    signed = np.where(side == "BUY", 1.0, np.where(side == "SELL", -1.0, np.nan)) * qty
+    mark = mid.where(mid.notna(), ref)
+    notional = cols["notional"] = qty * mark
     delta_abs = ((current + signed).abs() - current.abs()) * mark
     prior_increase = delta_abs.clip(lower=0).fillna(0).cumsum().shift(fill_value=0.0)
     nav = book.nav if book.nav > 0 else math.nan
-    out["gross_exposure_after"] = (book.gross_value + prior_increase + delta_abs) / nav
-    out["gross_exposure_limit"] = float(mandate.max_gross_exposure)
-    cvar = sym.map(_per_symbol(forecasts, "cvar_95"))
-    cvar = cvar.where(cvar.notna(), sym.map(_per_symbol(candidates, "cvar_95", "max")))
-    out["cvar_95"] = cvar.astype(float)
-    out["risk_per_trade_nav"] = out["cvar_95"] * out["notional"] / nav
-    conf = sym.map(_per_symbol(candidates, "confidence", "min"))
-    out["confidence"] = conf.where(conf.notna(), sym.map(_per_symbol(forecasts, "confidence"))).astype(float)
+    cols["gross_exposure_after"] = (book.gross_value + prior_increase + delta_abs) / nav
+    cols["gross_exposure_limit"] = float(mandate.max_gross_exposure)
+    cvar = lookup(_per_symbol(forecasts, "cvar_95"))
+    cvar = cols["cvar_95"] = cvar.where(cvar.notna(), lookup(_per_symbol(candidates, "cvar_95", "max")))
+    cols["risk_per_trade_nav"] = cvar * notional / nav
+    conf = lookup(_per_symbol(candidates, "confidence", "min"))
+    cols["confidence"] = conf.where(conf.notna(), lookup(_per_symbol(forecasts, "confidence")))
     verdicts = verdict_by_symbol(memos) if memos is not None else {}
-    out["reasoning"] = [verdicts.get(s, ("NONE", ""))[0] for s in sym]
-    out["reasoning_memo_id"] = [verdicts.get(s, ("NONE", ""))[1] for s in sym]
+    cols["reasoning"] = [verdicts.get(s, ("NONE", ""))[0] for s in sym]
+    cols["reasoning_memo_id"] = [verdicts.get(s, ("NONE", ""))[1] for s in sym]
     rets = returns if returns is not None else pd.DataFrame()
     proxy = _per_symbol(features, "avg_corr_63d")
     corr = []
     for s in sym:
         c = correlation_to_book(s, book, rets)
         corr.append(proxy.get(s, math.nan) if math.isnan(c) else c)
-    out["correlation_to_book"] = corr
-    reduces = ((side == "SELL") & (current > _EPS) & (out["qty"] <= current + _EPS)) | (
-        (side == "BUY") & (current < -_EPS) & (out["qty"] <= -current + _EPS)
+    cols["correlation_to_book"] = corr
+    reduces = ((side == "SELL") & (current > _EPS) & (qty <= current + _EPS)) | (
+        (side == "BUY") & (current < -_EPS) & (qty <= -current + _EPS)
     )
-    out["reduces_position"] = reduces.astype(bool)
+    cols["reduces_position"] = reduces.astype(bool)
 
     # --- veto fields
     for name in (
@@ -803,14 +862,21 @@ def build_policy_context(
         "win_count",
         "correlated_win_share",
     ):
-        out[name] = float(exec_stats.get(name, math.nan))
+        cols[name] = float(exec_stats.get(name, math.nan))
     for count in ("pnl_obs_days", "exec_fill_count", "win_count"):
         if math.isnan(float(exec_stats.get(count, math.nan))):
-            out[count] = math.nan  # unknown history stays unknown: the veto fails closed
-    out["data_provider_count"] = sym.map(lambda s: float(provider_counts.get(s, 0))).astype(float)
-    out["data_quality_score"] = sym.map(_per_symbol(quality, "data_quality_score")).astype(float)
-    out["trading_mode"] = str(book.trading_status.mode)
+            cols[count] = math.nan  # unknown history stays unknown: the veto fails closed
+    cols["data_provider_count"] = pd.Series([float(provider_counts.get(s, 0)) for s in names], index=sym.index,
+                                            dtype=float)
+    cols["data_quality_score"] = lookup(_per_symbol(quality, "data_quality_score"))
+    cols["trading_mode"] = str(book.trading_status.mode)
+    out = pd.DataFrame({c: cols[c] for c in CONTEXT_COLUMNS if c in cols}, index=range(n))
     return out.reindex(columns=list(CONTEXT_COLUMNS))
+
+
+def _column(values: Any, n: int) -> pd.Series:
+    """``values`` as the frame column it becomes (a scalar broadcast to ``n`` rows)."""
+    return values if isinstance(values, pd.Series) else pd.Series(values, index=range(n), dtype=float)
 
 
 # --------------------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ def ingest_session(con: Any, pol: Policies, ingestor: IncrementalIngestion, day:
     stamp = pd.Timestamp(day) + pd.Timedelta(hours=23)  # deterministic: the night of ``day``
     held = ingestor.last_day_before
     store_ingestion(con, outcome, run_id, day, stamp=stamp)
-    stats, _, _ = promote_staged_bars(con, run_id)
+    stats, _, _ = promote_staged_bars(con, run_id, summarize=False)
     if ingestor.window_start is not None:  # a full-window night re-delivers (and re-stamps) these rows
         con.execute("UPDATE bars SET run_id = ? WHERE date >= ? AND run_id <> ?",
                     [run_id, ingestor.window_start.to_pydatetime(), run_id])
@@ -621,7 +621,10 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     store = LedgerStore.open(f"sqlite:///{(cfg.out / 'ledger.sqlite').resolve()}")
     _no_fsync(store)
     audit_store = SqlAuditStore(store.engine)
-    audit = AuditChain(audit_store, anchor=AuditAnchor(cfg.out / "audit_anchor.json", audit_store.ledger_id))
+    # The replay is the only writer of its own chain: its head is anchored once, at the end (also
+    # when a session fails), not after every record (a locked, fsynced file replace each time).
+    anchor = AuditAnchor(cfg.out / "audit_anchor.json", audit_store.ledger_id)
+    audit = AuditChain(audit_store)
     # The replay works on an in-memory warehouse (no WAL commit per partition write, scans of
     # memory) and persists it to out/warehouse.duckdb at the end, also when a session fails.
     con = ReadCachingWarehouse(duckdb.connect(":memory:"))
@@ -653,7 +656,8 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
             persist_warehouse(con, cfg.out / "warehouse.duckdb")
         finally:
             con.close()
-    head = audit.publish_anchor()
+            audit.anchor = anchor
+            head = audit.publish_anchor()
     seconds = time.perf_counter() - t0
     manifest = {"start": str(cfg.start), "end": str(cfg.end), "sessions": len(sessions), "digest": digest,
                 "policies": str(pol.directory), "policy_digest": env_policy.digest, "provider": cfg.provider,

@@ -76,6 +76,17 @@ def _by_symbol(frame: pd.DataFrame, column: str | None = None) -> dict[str, Any]
     return dict(tuple(groups[column] if column else groups))
 
 
+def _dates_by_symbol(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``_by_symbol(frame, "date")`` as datetime64[ns] arrays (one stable argsort, no groupby split)."""
+    if not len(frame):
+        return {}
+    codes, uniques = pd.factorize(frame["symbol"], sort=False)
+    order = np.argsort(codes, kind="stable")
+    codes, dates = codes[order], frame["date"].to_numpy(dtype="datetime64[ns]")[order]
+    bounds = np.searchsorted(codes, np.arange(len(uniques) + 1), "left")
+    return {str(u): dates[bounds[i]:bounds[i + 1]] for i, u in enumerate(uniques)}
+
+
 @dataclass
 class IncrementalIngestion:
     """Carried window state between replayed nights (one provider: the windowed sample)."""
@@ -175,7 +186,8 @@ class IncrementalIngestion:
         new_rej = _dated(delta.rejects)
         if new_rej is None:
             return None
-        new_bars = _by_symbol(delta.bars, "date")
+        raw_paths = dict(zip(dlog.index, dlog["raw_path"], strict=True))  # one lookup a symbol, not a .loc
+        new_bars = _dates_by_symbol(delta.bars)
         new_by_rej = _by_symbol(new_rej)
         # ingest_universe's log order: routing failures, fetch failures, then the normalized symbols
         routed_out: list[dict[str, Any]] = []
@@ -193,7 +205,7 @@ class IncrementalIngestion:
                 w = self.windows[s] = _SymbolWindow(np.array([], dtype="datetime64[ns]"),
                                                     pd.DataFrame(columns=[*REJECT_COLUMNS, "_date"]))
             if s in new_bars:
-                w.bar_dates = np.concatenate([w.bar_dates, new_bars[s].to_numpy(dtype="datetime64[ns]")])
+                w.bar_dates = np.concatenate([w.bar_dates, new_bars[s]])
             w.bar_dates = w.bar_dates[np.searchsorted(w.bar_dates, lo, "left"):]
             rej = w.rejects
             if s in new_by_rej:
@@ -202,8 +214,8 @@ class IncrementalIngestion:
             if len(rej):
                 rej = rej[rej["_date"].to_numpy() >= lo].reset_index(drop=True)
             w.rejects = rej
-            if s in dlog.index and str(dlog.loc[s, "raw_path"]):
-                w.raw_path = str(dlog.loc[s, "raw_path"])
+            if str(raw_paths.get(s, "")):
+                w.raw_path = str(raw_paths[s])
             n_valid, n_rej = len(w.bar_dates), len(rej)
             start = starts[s]
             if n_valid + n_rej == 0:

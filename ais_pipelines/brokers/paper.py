@@ -17,15 +17,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from ais_pipelines.brokers.base import (
     BrokerAccount,
@@ -85,6 +87,71 @@ def _lookup(source: Callable[[str], float | None] | Mapping[str, float] | None, 
 def _paper_order_id(client_order_id: str) -> str:
     # Deterministic, so a replay of the same decisions produces the same ids (§L1).
     return "paper-" + hashlib.sha256(client_order_id.encode()).hexdigest()[:24]
+
+
+@dataclass
+class _CarriedFills:
+    """The paper fills seen so far (SQLite: table order = rowid order), folded into the book
+    (in ``(ts, fill_id)`` order, as ``_positions`` applies them) and into cash (in table order,
+    as ``_cash`` sums them): a long replay's broker holds every fill it ever made, and every
+    position or account read scanned them all. ``mark``: count and totals of the rows seen."""
+
+    last_rowid: int = 0
+    mark: tuple[Any, ...] = (0, 0.0, 0.0, 0.0)
+    key: tuple[Any, str] | None = None
+    book: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    flows: list[float] = field(default_factory=list)  # each fill's cash flow, in table order
+    cash_of: dict[float, tuple[int, float]] = field(default_factory=dict)  # start → (flows summed, cash)
+
+    def cash(self, start: float) -> float:
+        n, cash = self.cash_of.get(start, (0, start))
+        for flow in self.flows[n:]:  # the same additions, in the same order, as the full scan
+            cash += flow
+        self.cash_of[start] = (len(self.flows), cash)
+        return cash
+
+
+_CARRIED: weakref.WeakKeyDictionary[Engine, _CarriedFills] = weakref.WeakKeyDictionary()
+
+
+def _fill_marks(conn: Connection, upto: int) -> tuple[Any, ...]:
+    f = m.paper_fills.c
+    row = conn.execute(select(func.count(), func.total(f.qty), func.total(f.price), func.total(f.fees))
+                       .where(text("rowid <= :r").bindparams(r=upto))).one()
+    return tuple(row)
+
+
+def _carried_fills(conn: Connection, engine: Engine) -> _CarriedFills | None:
+    """The carried fills brought up to date, or ``None`` (not SQLite: the full scans decide).
+
+    Only rows after the last one seen are read; the rows seen must still be there unchanged
+    (same count and totals) and the new ones must sort after them in ``(ts, fill_id)``,
+    else everything is folded afresh."""
+    if conn.dialect.name != "sqlite":
+        return None
+    c = _CARRIED.get(engine)
+    if c is not None and _fill_marks(conn, c.last_rowid) != c.mark:
+        c = None
+    if c is None:
+        c = _CarriedFills()
+    new = conn.execute(select(text("rowid AS _rowid"), m.paper_fills)
+                       .where(text("rowid > :r").bindparams(r=c.last_rowid)).order_by(text("rowid"))).all()
+    if new and c.key is not None and min((r.ts, r.fill_id) for r in new) <= c.key:
+        c, new = _CarriedFills(), conn.execute(select(text("rowid AS _rowid"), m.paper_fills)
+                                               .order_by(text("rowid"))).all()
+    for r in sorted(new, key=lambda r: (r.ts, r.fill_id)):
+        qty, avg, realized = c.book.get(r.symbol, (0.0, 0.0, 0.0))
+        c.book[r.symbol] = apply_fill_to_position(qty, avg, realized, r.side, r.qty, r.price, r.fees)
+        c.key = (r.ts, r.fill_id)
+    for r in new:
+        notional = r.qty * r.price
+        c.flows.append((-notional if r.side == OrderSide.BUY else notional) - r.fees)
+    if new:
+        c.last_rowid = int(new[-1]._rowid)
+        c.mark = _fill_marks(conn, c.last_rowid)
+    with contextlib.suppress(TypeError):
+        _CARRIED[engine] = c
+    return c
 
 
 class PaperBroker:
@@ -187,12 +254,13 @@ class PaperBroker:
             chunk = min(remaining, max(1.0, math.floor(chunk)))
         return chunk
 
-    def _to_broker_order(self, conn: Connection, row: Any) -> BrokerOrder:
-        fills = conn.execute(
-            select(m.paper_fills)
-            .where(m.paper_fills.c.broker_order_id == row.broker_order_id)
-            .order_by(m.paper_fills.c.fill_id)
-        ).all()
+    def _to_broker_order(self, conn: Connection, row: Any, fills: Sequence[Any] | None = None) -> BrokerOrder:
+        if fills is None:
+            fills = conn.execute(
+                select(m.paper_fills)
+                .where(m.paper_fills.c.broker_order_id == row.broker_order_id)
+                .order_by(m.paper_fills.c.fill_id)
+            ).all()
         return BrokerOrder(
             broker_order_id=row.broker_order_id,
             client_order_id=row.client_order_id,
@@ -216,10 +284,14 @@ class PaperBroker:
         return conn.execute(q.with_for_update() if lock else q).first()
 
     def _positions(self, conn: Connection) -> dict[str, BrokerPosition]:
-        book: dict[str, tuple[float, float, float]] = {}
-        for f in conn.execute(select(m.paper_fills).order_by(m.paper_fills.c.ts, m.paper_fills.c.fill_id)):
-            qty, avg, realized = book.get(f.symbol, (0.0, 0.0, 0.0))
-            book[f.symbol] = apply_fill_to_position(qty, avg, realized, f.side, f.qty, f.price, f.fees)
+        carried = _carried_fills(conn, self.engine)
+        if carried is not None:
+            book = carried.book
+        else:
+            book = {}
+            for f in conn.execute(select(m.paper_fills).order_by(m.paper_fills.c.ts, m.paper_fills.c.fill_id)):
+                qty, avg, realized = book.get(f.symbol, (0.0, 0.0, 0.0))
+                book[f.symbol] = apply_fill_to_position(qty, avg, realized, f.side, f.qty, f.price, f.fees)
         return {s: BrokerPosition(s, q, a) for s, (q, a, _r) in sorted(book.items()) if abs(q) > _EPS}
 
     def _cash(self, conn: Connection) -> float:
@@ -228,6 +300,9 @@ class PaperBroker:
                 m.paper_account.c.account_id == self.config.account_id
             )
         ).scalar_one()
+        carried = _carried_fills(conn, self.engine)
+        if carried is not None:
+            return carried.cash(float(start))
         cash = float(start)
         for f in conn.execute(select(m.paper_fills)):
             notional = f.qty * f.price
@@ -471,7 +546,19 @@ class PaperBroker:
                     )
                 ).all()
             )
-            return [self._to_broker_order(conn, r) for r in rows]
+            return self._to_broker_orders(conn, rows)
+
+    def _to_broker_orders(self, conn: Connection, rows: Sequence[Any]) -> list[BrokerOrder]:
+        """``[_to_broker_order(r) for r in rows]`` with every order's fills read in one query, not
+        one query per order (a long replay's broker holds every order it ever took)."""
+        by_order: dict[str, list[Any]] = {r.broker_order_id: [] for r in rows}
+        ids = list(by_order)
+        f = m.paper_fills.c
+        for start in range(0, len(ids), 500):  # bound the IN list
+            q = select(m.paper_fills).where(f.broker_order_id.in_(ids[start:start + 500])).order_by(f.fill_id)
+            for fr in conn.execute(q):
+                by_order[fr.broker_order_id].append(fr)
+        return [self._to_broker_order(conn, r, by_order[r.broker_order_id]) for r in rows]
 
     def get_positions(self) -> dict[str, BrokerPosition]:
         with self.engine.begin() as conn:

@@ -525,17 +525,46 @@ def _dated_rejects(rejects: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     return r.loc[~(r["day"] > as_of), ["symbol", "reason_code", "detail", "day"]].reset_index(drop=True)
 
 
+def _group_median(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per contiguous group ``x[a:z]``: the median of its non-NaN values (NaN when none), per row —
+    a groupby ``transform("median")``: the middle value, or the mean of the two middle ones
+    (``(lo + hi) / 2``, as both pandas and numpy compute it). All groups sorted at once, as the
+    rows of one NaN-padded matrix (NaN sorts last)."""
+    lens = ends - starts
+    width = int(lens.max()) if len(lens) else 0
+    pad = np.full((len(lens), width), np.nan)
+    rows = np.repeat(np.arange(len(lens)), lens)
+    pad[rows, np.arange(len(x)) - np.repeat(starts, lens)] = x
+    pad.sort(axis=1)
+    m = (~np.isnan(pad)).sum(axis=1)
+    r = np.arange(len(lens))
+    lo, hi = pad[r, np.maximum((m - 1) // 2, 0)], pad[r, m // 2]  # the two middle values (one when m is odd)
+    med = np.where(m % 2 == 1, hi, (lo + hi) / 2)
+    med = np.where(m > 0, med, np.nan)
+    return np.repeat(med, lens)
+
+
 def _robust_outliers(x: np.ndarray, code: np.ndarray, k: float, min_obs: int) -> np.ndarray:
     """|x − median| > k · robust σ per symbol (1.4826·MAD, std where the MAD degenerates)."""
-    xs = pd.Series(x)
-    g = xs.groupby(code)
-    dev = (xs - g.transform("median")).abs()
-    sigma = 1.4826 * dev.groupby(code).transform("median")
+    if len(code) and not (np.diff(code) >= 0).all():  # groups made contiguous (the callers' are)
+        order = np.argsort(code, kind="stable")
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return _robust_outliers(x[order], code[order], k, min_obs)[back]
+    if not len(code):
+        return np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    ends = np.r_[starts[1:], len(code)].astype(np.intp)
+    dev = np.abs(x - _group_median(x, starts, ends))
+    sigma = 1.4826 * _group_median(dev, starts, ends)
     # When over half the values are (numerically) equal the MAD is 0 or float noise, and every
     # other value would look infinitely far out: fall back to the standard deviation.
-    sigma = sigma.where(sigma > _DEGENERATE_SIGMA, g.transform("std"))
-    enough = g.transform("count") >= min_obs
-    return ((dev > k * sigma) & (sigma > _DEGENERATE_SIGMA) & enough).to_numpy(dtype=bool, na_value=False)
+    degenerate = ~(sigma > _DEGENERATE_SIGMA)
+    if degenerate.any():
+        sigma = np.where(degenerate, pd.Series(x).groupby(code).transform("std").to_numpy(dtype=float), sigma)
+    enough = np.bincount(code, weights=(~np.isnan(x)).astype(float))[code] >= min_obs
+    with np.errstate(invalid="ignore"):
+        return (dev > k * sigma) & (sigma > _DEGENERATE_SIGMA) & enough
 
 
 def _series_flags(b: pd.DataFrame, code: np.ndarray, p: QualityParams) -> tuple[dict[str, np.ndarray], pd.DataFrame]:

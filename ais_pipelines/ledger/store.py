@@ -798,6 +798,57 @@ class LedgerStore:
         with self.transaction() as conn:
             return [_fill(r) for r in conn.execute(q)]
 
+    def fills_of(self, client_order_ids: Iterable[str]) -> dict[str, list[FillRecord]]:
+        """``{cid: fills(cid)}`` for many orders in one query (each list in ``fills`` order)."""
+        ids = list(dict.fromkeys(client_order_ids))
+        out: dict[str, list[FillRecord]] = {c: [] for c in ids}
+        f = m.fills.c
+        with self.transaction() as conn:
+            for start in range(0, len(ids), 500):  # bound the IN list
+                q = select(m.fills).where(f.client_order_id.in_(ids[start:start + 500])).order_by(f.ts, f.fill_id)
+                for r in conn.execute(q):
+                    out[r.client_order_id].append(_fill(r))
+        return out
+
+    def fills_after(self, key: tuple[datetime, str] | None, count: int) -> list[FillRecord] | None:
+        """The fills after ``key`` = (ts, fill_id) in ``fills`` order, provided exactly ``count``
+        fills sort on or before it (fills are only ever inserted: then the first ``count`` of
+        ``fills()`` are the ones already seen); ``None`` when not (a fill arrived out of order)."""
+        f = m.fills.c
+        with self.transaction() as conn:
+            if key is None:
+                seen = 0
+                q = select(m.fills)
+            else:
+                ts, fid = key
+                on_or_before = (f.ts < ts) | ((f.ts == ts) & (f.fill_id <= fid))
+                seen = int(conn.execute(select(func.count()).select_from(m.fills).where(on_or_before)).scalar() or 0)
+                q = select(m.fills).where(~on_or_before)
+            if seen != count:
+                return None
+            return [_fill(r) for r in conn.execute(q.order_by(f.ts, f.fill_id))]
+
+    def last_orders(self, states: Iterable[OrderState] | None, keep: Callable[[OrderRecord], bool], n: int,
+                    batch: int = 200) -> list[OrderRecord]:
+        """``[o for o in list_orders(states) if keep(o)][-n:]``, read newest first in batches (one
+        transaction) and stopped once ``n`` are found, instead of reading every order ever made."""
+        if n <= 0:  # the slice's own meaning ([-0:] is everything)
+            return [r for r in self.list_orders(states) if keep(r)][-n:]
+        o = m.orders.c
+        q = select(m.orders).order_by(o.created_at.desc(), o.client_order_id.desc())
+        if states is not None:
+            q = q.where(o.state.in_([str(s) for s in states]))
+        found: list[OrderRecord] = []
+        offset = 0
+        with self.transaction() as conn:
+            while len(found) < n:
+                rows = [_order(r) for r in conn.execute(q.limit(batch).offset(offset))]
+                found += [r for r in rows if keep(r)]
+                if len(rows) < batch:
+                    break
+                offset += batch
+        return found[:n][::-1]
+
     def positions(self) -> dict[str, PositionRecord]:
         with self.transaction() as conn:
             rows = conn.execute(select(m.positions).order_by(m.positions.c.symbol))

@@ -498,3 +498,56 @@ def test_the_demo_counts_what_still_waits_for_a_person_not_the_sessions_review_d
     ledger.decide_review("rev-2", approve=False, actor="carol", why="too correlated", now=T0)
     assert pending_reviews_of(ledger, "2024-03-05") == 1
     assert pending_reviews_of(ledger, "2024-03-06") == 1 and pending_reviews_of(ledger, "2024-03-07") == 0
+
+
+def test_last_orders_fills_of_and_the_carried_win_book_equal_the_full_scans(ledger):
+    """Issue 12: execution_stats reads the last orders newest first and their fills in one query,
+    win_stats carries its book from call to call (only fills after the last one seen) — both
+    equal to scanning every order and fill, also after a fill that sorts before the ones seen."""
+    import pandas as pd
+
+    from ais_pipelines.core.order_states import TERMINAL_STATES
+    from ais_pipelines.execution import _closing_wins, execution_stats, win_stats
+
+    def full_wins() -> list[tuple[datetime, str]]:  # the scan win_stats made before
+        book: dict[str, tuple[float, float, float]] = {}
+        wins = []
+        for f in ledger.fills():
+            q, a, r = book.get(f.symbol, (0.0, 0.0, 0.0))
+            book[f.symbol] = apply_fill_to_position(q, a, r, f.side, f.qty, f.price, 0.0)
+            if book[f.symbol][2] - r > 1e-9:
+                wins.append((f.ts, f.symbol))
+        return wins
+
+    def keep(o) -> bool:
+        return o.mode != "SHADOW" and "reference_price" in o.payload
+
+    prices = [100.0, 104.0, 99.0, 103.0, 97.0, 101.0]
+    for n, price in enumerate(prices, start=1):
+        order = intent(n, qty=10.0)
+        side = "BUY" if n % 2 else "SELL"
+        order = OrderIntent(**{**order.__dict__, "side": side, "mode": "SHADOW" if n == 4 else "PAPER",
+                               "payload": {**order.payload, "side": side, "reference_price": 100.0 + n}})
+        ledger.create_order_intent(order, signature="ab" * 32, expires_at=EXPIRES, now=T0 + timedelta(minutes=n))
+        at = T0 + timedelta(minutes=n, seconds=30)
+        # order 5's fill is stamped before order 4's: the carried book must notice and rebuild
+        at = T0 + timedelta(minutes=3, seconds=45) if n == 5 else at
+        ledger.apply_broker_state(f"cid-{n}", target_state=OrderState.FILLED, now=at, broker_order_id=f"b-{n}",
+                                  fills=[FillRecord(f"f{n}", f"cid-{n}", "AAPL", side, 10.0, price, 0.0, at)],
+                                  filled_qty=10.0)
+        assert _closing_wins(ledger) == full_wins()
+        for k in (0, 1, 2, 3, 100):
+            want = [o for o in ledger.list_orders(TERMINAL_STATES) if keep(o)][-k:]
+            assert ledger.last_orders(TERMINAL_STATES, keep, k, batch=2) == want
+        ids = [o.client_order_id for o in ledger.list_orders()]
+        assert ledger.fills_of(ids) == {c: ledger.fills(c) for c in ids}
+    assert len(full_wins()) >= 2  # the case holds closing wins at all
+    stats = execution_stats(ledger, max_orders=3)
+    last3 = [o for o in ledger.list_orders(TERMINAL_STATES) if keep(o)][-3:]
+    slips = [(1 if o.side == "BUY" else -1) * (o.avg_fill_price - o.payload["reference_price"])
+             / o.payload["reference_price"] * 1e4 for o in last3]
+    assert stats["exec_fill_count"] == 3 and stats["exec_slippage_bps"] == pytest.approx(sum(slips) / 3)
+    now = T0 + timedelta(days=1)
+    assert win_stats(ledger, pd.DataFrame(), now)["win_count"] == len(full_wins())
+    later = win_stats(ledger, pd.DataFrame(), T0 + timedelta(days=63, minutes=4))["win_count"]
+    assert later == sum(ts >= T0 + timedelta(minutes=4) for ts, _ in full_wins()) < len(full_wins())

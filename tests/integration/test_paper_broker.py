@@ -141,6 +141,11 @@ def test_large_orders_fill_partially_over_ticks(ledger, clock, quotes):
     assert third.fills[2].price == pytest.approx(expected_price("BUY", 399.9, 400.1, 0.01, 50, 10_000))
     assert third.avg_fill_price == pytest.approx(sum(f.qty * f.price for f in third.fills) / 250)
     assert broker.process_tick() == []  # nothing left to work
+    # issue 12: list_orders reads every order's fills in one query — the same orders as one by one
+    broker.submit_order("small", "AAPL", "BUY", 10)
+    listed = broker.list_orders()
+    assert listed == [broker.get_order_by_client_id(c) for c in ("big", "small")]
+    assert [len(o.fills) for o in listed] == [3, 1]
 
 
 @pytest.mark.parametrize(
@@ -347,3 +352,49 @@ def test_clock_moves_time_for_fills(ledger, clock, quotes):
     clock.advance(timedelta(minutes=1))
     (o,) = broker.process_tick()
     assert [f.ts for f in o.fills] == [T0, T0 + timedelta(minutes=1)]
+
+
+def test_carried_fills_give_the_positions_and_cash_of_a_full_scan(ledger, clock, quotes):
+    """Issue 12: positions and cash fold only the fills after the last one seen (shared by the
+    brokers of one ledger) — equal to folding every fill, also after a fill stamped before the
+    ones seen and after a row that disappears (a rolled-back write)."""
+    from sqlalchemy import delete, insert, select
+
+    from ais_pipelines.brokers.paper import _CARRIED, OrderSide
+    from ais_pipelines.ledger import models as m
+    from ais_pipelines.ledger.store import apply_fill_to_position
+
+    def full_scan() -> tuple[dict[str, tuple[float, float]], float]:
+        with ledger.engine.begin() as conn:
+            rows = conn.execute(select(m.paper_fills)).all()
+            start = conn.execute(select(m.paper_account.c.starting_cash)).scalar_one()
+        book: dict[str, tuple[float, float, float]] = {}
+        for f in sorted(rows, key=lambda r: (r.ts, r.fill_id)):
+            book[f.symbol] = apply_fill_to_position(*book.get(f.symbol, (0.0, 0.0, 0.0)), f.side, f.qty, f.price,
+                                                    f.fees)
+        cash = float(start)
+        for f in rows:  # table order, as the broker sums
+            cash += (-f.qty * f.price if f.side == OrderSide.BUY else f.qty * f.price) - f.fees
+        return {s: (q, a) for s, (q, a, _r) in sorted(book.items()) if abs(q) > 1e-9}, cash
+
+    def check(broker: PaperBroker) -> None:
+        want_pos, want_cash = full_scan()
+        assert {s: (p.qty, p.avg_price) for s, p in broker.get_positions().items()} == want_pos
+        assert broker.get_account().cash == want_cash  # exactly: the same additions in the same order
+
+    broker = make(ledger, clock, quotes, fee_bps=3, starting_cash=1e6)
+    for i, (sym, side, qty) in enumerate([("AAPL", "BUY", 300), ("MSFT", "BUY", 70), ("AAPL", "SELL", 120),
+                                          ("MSFT", "SELL", 70), ("AAPL", "BUY", 33)]):
+        clock.advance(seconds=30)
+        broker.submit_order(f"c{i}", sym, side, qty)
+        check(broker)
+        check(make(ledger, clock, quotes, fee_bps=3, starting_cash=1e6))  # another broker, same ledger
+    assert ledger.engine in _CARRIED
+    with ledger.engine.begin() as conn:  # a fill stamped before every fill seen
+        order = conn.execute(select(m.paper_orders.c.broker_order_id)).first()[0]
+        conn.execute(insert(m.paper_fills).values(fill_id="early", broker_order_id=order, symbol="AAPL",
+                                                  side="BUY", qty=5.0, price=98.5, fees=0.1, ts=T0))
+    check(broker)
+    with ledger.engine.begin() as conn:  # a row seen before is gone
+        conn.execute(delete(m.paper_fills).where(m.paper_fills.c.fill_id == "early"))
+    check(broker)

@@ -36,9 +36,11 @@ def con(tmp_path: Path):
 
 def test_run_bars_equal_read_bars(con) -> None:
     end = pd.Timestamp("2024-01-25")
-    for symbols, e in ((None, None), (["AAPL", "BTC/USD", "NOPE"], None), (None, end), (["MSFT"], end), ([], end)):
+    everyone, later = ["MSFT", "AAPL", "BTC/USD", "NOPE"], pd.Timestamp("2030-01-01")  # filters that keep all rows
+    for symbols, e in ((None, None), (["AAPL", "BTC/USD", "NOPE"], None), (None, end), (["MSFT"], end), ([], end),
+                       (everyone, None), (everyone, later), (None, later), (["AAPL"], later)):
         pd.testing.assert_frame_equal(bars_cache.run_bars(con, "run-1", symbols, end=e),
-                                      read_bars(con, symbols, end=e))
+                                      read_bars(con, symbols, end=e), check_exact=True)
 
 
 def test_one_read_per_run_and_fresh_after_a_write_or_a_new_run(con, monkeypatch) -> None:
@@ -83,3 +85,16 @@ def test_staged_upsert_in_duckdb_equals_the_pandas_upsert(tmp_path: Path) -> Non
     assert (got.inserted, got.updated, got.unchanged) == (0, 0, 20 * 2)
     q = "SELECT * FROM bars ORDER BY symbol, date"
     pd.testing.assert_frame_equal(new.execute(q).df(), ref.execute(q).df())
+
+
+def test_extend_carries_the_read_to_the_next_run_exactly_as_a_fresh_read(con) -> None:
+    """Issue 12: the held read plus the rows just inserted (new dates of held symbols and a new
+    symbol sorting between them) is read_bars' frame — rows, order, dtypes — after an integer
+    lexsort instead of a string sort."""
+    bars_cache.run_bars(con, "night-1")
+    added = pd.concat([_bars(["MSFT", "AAPL", "BTC/USD"], pd.bdate_range("2024-02-12", periods=2)),
+                       _bars(["AMZN", "Ab"], pd.bdate_range("2024-02-12", periods=3))], ignore_index=True)
+    upsert_bars(con, added, "r2")
+    assert bars_cache.extend(con, "night-2", read_bars(con, start=pd.Timestamp("2024-02-12")))
+    pd.testing.assert_frame_equal(bars_cache.run_bars(con, "night-2"), read_bars(con), check_exact=True)
+    assert not bars_cache.extend(con, "night-3", read_bars(con).head(3))  # not exactly the rows added
