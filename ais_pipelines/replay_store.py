@@ -59,6 +59,9 @@ _CATALOG = re.compile(r"\binformation_schema\b|\bsqlite_master\b|\bduckdb_(?:tab
                       r"indexes|dependencies|databases)\b|\bpragma_(?!database_list\b)", re.IGNORECASE)
 _KEY_EQUALS = re.compile(r'\s*"?(\w+)"?\s*=\s*\?\s*')
 _CREATE_IF_NOT_EXISTS = re.compile(r'\s*CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+"?(\w+)"?\s*\(.*', re.I | re.S)
+_ONE_RELATION_DDL = re.compile(
+    r'\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?(?:TABLE|VIEW)(?:\s+IF\s+NOT\s+EXISTS)?'
+    r'|DROP\s+(?:TABLE|VIEW)(?:\s+IF\s+EXISTS)?|ALTER\s+TABLE)\s+"?(\w+)"?(?:[\s(;]|$)', re.I)
 _UNTYPED = frozenset({'"NULL"', "NULL"})
 _VIEW_NAME = re.compile(r"\bVIEW\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?\"?(\w+)", re.IGNORECASE)
 
@@ -293,6 +296,13 @@ class ReadCachingWarehouse:
             return  # ensure_table of a table that exists: changes nothing
         if word in _ROW_WRITES:
             self._drop_reads({t for t in {k[0] for k in self._reads} if _names(t, sql)})
+            return
+        one = _ONE_RELATION_DDL.match(sql)
+        if one:  # changes that table or view only (and what a view made here reads through it)
+            name = one.group(1)
+            self._drop_reads({name, *self._views})
+            self._schemas.pop(name, None)
+            self._tables = None
             return
         self._clear()
 

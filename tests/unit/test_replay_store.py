@@ -141,8 +141,12 @@ def test_a_derived_value_is_built_once_per_state_of_its_tables() -> None:
             replace_partition(c, "t", pd.DataFrame({"x": [x, 1.0]}), "as_of", d0)
         assert total(cached) == total(cached) == total(plain) == total(plain) == x + 1.0
     assert len(builds) == 2 + 4  # the replay's connection: once per write; a plain one: every call
-    cached.execute("CREATE TABLE other AS SELECT 1 AS one")  # any DDL drops it too
+    cached.execute("CREATE TABLE other AS SELECT 1 AS one")  # a DDL of another table keeps it
+    assert total(cached) == 6.0 and len(builds) == 6
+    cached.execute('ALTER TABLE "t" ADD COLUMN extra DOUBLE')  # one of its table drops it
     assert total(cached) == 6.0 and len(builds) == 7
+    cached.execute("CREATE INDEX ix ON other (one)")  # a DDL not shown to touch one relation: everything
+    assert total(cached) == 6.0 and len(builds) == 8
 
 
 def test_a_held_partition_of_a_table_with_an_untyped_column() -> None:
