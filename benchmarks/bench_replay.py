@@ -46,7 +46,9 @@ def sessions_before(end: str, n: int) -> list[str]:
     return [d.date().isoformat() for d in days[:-1]]
 
 
-def policies_copy(tmp: Path, symbols: int | None) -> Path:
+def policies_copy(tmp: Path, symbols: int | None, history: int | None = None) -> Path:
+    """The shipped policies; ``symbols``: a synthetic universe of that many; ``history``: sample
+    sessions generated (a long replay's first night needs a full fetch window behind it)."""
     from ais_pipelines.config import DEFAULT_POLICIES_DIR
 
     d = tmp / "policies"
@@ -61,6 +63,8 @@ def policies_copy(tmp: Path, symbols: int | None) -> Path:
         (d / "universe.yaml").write_text(yaml.safe_dump(uni, sort_keys=False))
         prov = yaml.safe_load((d / "providers.yaml").read_text())
         prov["sample"]["defects"] = []  # the demo's defects name demo symbols
+        if history:
+            prov["sample"]["n_sessions"] = max(int(prov["sample"]["n_sessions"]), history)
         (d / "providers.yaml").write_text(yaml.safe_dump(prov, sort_keys=False))
     return d
 
@@ -125,7 +129,7 @@ def main() -> None:
         print(f"dagster backfill: {len(sessions)} partitions in {dag_s:.1f} s ({dag_s / len(sessions):.2f} s/partition)")
         big = None
         if args.big_sessions > 0:
-            bpol = policies_copy(tmp / "big", args.big_symbols)
+            bpol = policies_copy(tmp / "big", args.big_symbols, history=args.big_sessions + 1340)
             bs = sessions_before(args.end, args.big_sessions)
             big_s, big_t = time_replay(bs, bpol, tmp / "big" / "replay")
             big = (len(bs), big_s, big_t)
