@@ -28,7 +28,7 @@ demo: setup
 
 test: setup
 	$(UV) run ruff check .
-	$(UV) run pytest -n 2 --dist loadfile --no-loadscope-reorder   # two workers, a file each at a time, in collection order (longest first: tests/conftest.py)
+	$(UV) run pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25   # two workers, a file each at a time, in collection order (longest first: tests/conftest.py)
 
 test-fast: setup
 	$(UV) run pytest -m "not slow and not browser"
