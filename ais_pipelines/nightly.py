@@ -287,7 +287,7 @@ def run_regime(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None 
         outcome = regime_core.filter_regime_model(returns, previous)
     if outcome is None:
         outcome = regime_core.fit_regime_model(returns, seed=cfg.seed, previous=previous, min_obs=cfg.min_obs,
-                                               executor=executor if previous is not None else None)
+                                               executor=executor)
     inputs = regime_core.regime_inputs(index, np.log(closes).diff(), as_of)
     inputs |= macro_inputs_as_of(con, pol, as_of, inputs.get("vix_proxy", float("nan")))  # issue 16
     snap = regime_core.regime_snapshot(

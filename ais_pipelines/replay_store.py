@@ -12,9 +12,11 @@ plain connection: nothing changes for them). It is exact by construction:
 * a cached read is the frame DuckDB returned for the same table, filter and parameters, handed
   out as a copy, and dropped as soon as any statement through this connection names the table
   in a write (``INSERT`` / ``DELETE`` / ``UPDATE``);
-* any other statement that is not a read (``CREATE``, ``DROP``, ``ALTER``, ``ROLLBACK``,
-  ``ATTACH``, ``COPY`` …) and every ``register`` / ``unregister`` (registered frames are tables
-  to ``information_schema``) drops every cached read and the table list.
+* a ``CREATE`` / ``DROP`` / ``ALTER`` of one named table or view drops that relation's reads,
+  those of the views made here and the table list (``CREATE TABLE IF NOT EXISTS`` of a table
+  that exists changes nothing); ``register`` / ``unregister`` (registered frames are tables to
+  ``information_schema``) drop that name's reads; any other statement that is not a read
+  (``ROLLBACK``, ``ATTACH``, ``COPY``, ``CREATE INDEX`` …) drops every cached read and the list.
 
 Writes are held in memory (write-behind): a step's ``replace_partition`` is queued per table and
 made — in the order it was made, as one DELETE + INSERT per run of partitions where
@@ -27,12 +29,13 @@ step reads back until the end (decisions, rule hits, orders, fills, the executio
 written in batches. A write that fails would fail at the flush, not at the step.
 
 A read of one held partition (``key = ?``, the partition's last held write) is answered without
-writing anything: the held frame is selected through DuckDB with each column cast to the table's
-type (what ``INSERT ... BY NAME`` would store: absent columns NULL, the key the read's value) —
-so the frame is the one the table read would return, and the big partitions the next step reads
-(scenarios, forecasts, the regime) stay held for the batched write. Where that cannot be proven
-(the table does not exist yet, a column the table lacks or without a type) the table is flushed
-and queried. ``verify=True`` (or ``AIS_REPLAY_STORE_VERIFY=1``) checks every such read against the
+writing anything: the held frame as the table read would return it — each column in the table's
+order and type, as ``INSERT ... BY NAME`` would store it (absent columns NULL, the key the read's
+value) — converted by pandas where that is an identity or exact (:func:`_as_read`), else by
+DuckDB's ``CAST``s of the held frame. So the big partitions the next step reads (scenarios,
+forecasts, the regime) stay held for the batched write. Where that cannot be proven (the table
+does not exist yet, a column the table lacks, a typed value in a column without a type) the
+table is flushed and queried. ``verify=True`` (or ``AIS_REPLAY_STORE_VERIFY=1``) checks every such read against the
 flushed table read (the tests run replays so).
 """
 
@@ -58,10 +61,9 @@ _NAMING = frozenset({"SELECT", "DESCRIBE", "INSERT", "DELETE", "UPDATE", "CREATE
 _CATALOG = re.compile(r"\binformation_schema\b|\bsqlite_master\b|\bduckdb_(?:tables|views|columns|constraints|"
                       r"indexes|dependencies|databases)\b|\bpragma_(?!database_list\b)", re.IGNORECASE)
 _KEY_EQUALS = re.compile(r'\s*"?(\w+)"?\s*=\s*\?\s*')
-_CREATE_IF_NOT_EXISTS = re.compile(r'\s*CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+"?(\w+)"?\s*\(.*', re.I | re.S)
 _ONE_RELATION_DDL = re.compile(
-    r'\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?(?:TABLE|VIEW)(?:\s+IF\s+NOT\s+EXISTS)?'
-    r'|DROP\s+(?:TABLE|VIEW)(?:\s+IF\s+EXISTS)?|ALTER\s+TABLE)\s+"?(\w+)"?(?:[\s(;]|$)', re.I)
+    r'\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?(?:TABLE|VIEW)(?P<if_absent>\s+IF\s+NOT\s+EXISTS)?'
+    r'|DROP\s+(?:TABLE|VIEW)(?:\s+IF\s+EXISTS)?|ALTER\s+TABLE)\s+"?(?P<name>\w+)"?(?:[\s(;]|$)', re.I)
 _UNTYPED = frozenset({'"NULL"', "NULL"})
 _VIEW_NAME = re.compile(r"\bVIEW\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?\"?(\w+)", re.IGNORECASE)
 
@@ -227,7 +229,6 @@ class ReadCachingWarehouse:
             self._schemas[table] = {str(r[0]): str(r[1]) for r in self.con.execute(f'DESCRIBE "{table}"').fetchall()}
         return self._schemas[table]
 
-
     def derived(self, name: str, tables: Iterable[str], args: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         """``build()``, a pure function of ``tables``' reads, computed once until one of them is
         written (as a cached read is); a deep copy is handed out."""
@@ -291,15 +292,14 @@ class ReadCachingWarehouse:
     def _invalidate(self, sql: str, word: str) -> None:
         if word in _READS or word in _TRANSACTION:
             return
-        made = _CREATE_IF_NOT_EXISTS.fullmatch(sql) if word == "CREATE" else None
-        if made and made.group(1) in (self._tables or ()) and made.group(1) not in self._registered:
-            return  # ensure_table of a table that exists: changes nothing
         if word in _ROW_WRITES:
             self._drop_reads({t for t in {k[0] for k in self._reads} if _names(t, sql)})
             return
         one = _ONE_RELATION_DDL.match(sql)
         if one:  # changes that table or view only (and what a view made here reads through it)
-            name = one.group(1)
+            name = one.group("name")
+            if one.group("if_absent") and name in (self._tables or ()) and name not in self._registered:
+                return  # ensure_table of a table that exists: changes nothing
             self._drop_reads({name, *self._views})
             self._schemas.pop(name, None)
             self._tables = None
@@ -333,8 +333,9 @@ def _as_read(frame: pd.DataFrame, schema: dict[str, str], key: str, value: objec
              times: dict[str, Any]) -> pd.DataFrame | None:
     """``frame`` as DuckDB hands the table's partition back (pandas only), for the conversions
     that are identities or exact: float64 DOUBLE, int64 BIGINT / DOUBLE, bool BOOLEAN, text
-    VARCHAR (all NULL: objects None, as DuckDB gives them), datetime64 / dates as DATE or TIMESTAMP (``times``: the dtype DuckDB hands each out
-    as), a DATE key. None for anything else (the caller lets DuckDB cast it)."""
+    VARCHAR (all NULL: objects None, as DuckDB gives them), datetime64 / dates as DATE or
+    TIMESTAMP (``times``: the dtype DuckDB hands each out as), a DATE key. None for anything
+    else (the caller lets DuckDB cast it)."""
     n, cols = len(frame), {}
     if n == 0:
         return None  # DuckDB types an empty result's text columns otherwise
@@ -380,13 +381,10 @@ class _Known:
         self._con, self._asks = con, created
 
     def cached_table_exists(self, table: str) -> bool:
-        if not self._asks:
-            return True
-        from ais_pipelines.warehouse import fetch_one
+        if self._asks:
+            from ais_pipelines.warehouse import table_exists
 
-        row = fetch_one(self._con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
-                                   "AND table_schema = 'main'", [table])
-        self._asks = not (row and row[0])
+            self._asks = not table_exists(self._con, table)
         return not self._asks
 
     def __getattr__(self, name: str) -> Any:
