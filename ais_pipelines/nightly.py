@@ -262,12 +262,33 @@ def regime_fit_worker() -> Any:
     optimiser start beside the first — the replay's nights refit every ``refit_every_sessions``.
     None on a one-core machine or with ``AIS_REGIME_FIT_WORKER=0``."""
     global _FIT_WORKER
+    if _FIT_WORKER is not None and getattr(_FIT_WORKER, "_broken", False):
+        _FIT_WORKER = None  # its process died (with the thread that spawned it): a new pool
     if _FIT_WORKER is None and (os.cpu_count() or 1) > 1 and os.environ.get("AIS_REGIME_FIT_WORKER", "1") != "0":
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        _FIT_WORKER = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        _FIT_WORKER = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=die_with_parent)
     return _FIT_WORKER
+
+
+def shutdown_regime_fit_worker() -> None:
+    global _FIT_WORKER
+    if _FIT_WORKER is not None:
+        pool, _FIT_WORKER = _FIT_WORKER, None
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the one that spawned it exits, however it exits
+    (a kill -9 included), so no worker outlives its replay."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 def run_regime(con: Any, pol: Policies, as_of: pd.Timestamp, run_id: str | None = None,
@@ -673,6 +694,18 @@ DECISION_STEPS = ("features", "regime", "forecasts", "model_decay_metrics", "str
                   "strategy_candidates", "scenario_returns", "capital_auction", "portfolio_cvar", "order_proposals")
 
 
+@dataclass(frozen=True)
+class MarketNight:
+    """The night's steps that read only market data and earlier nights' models — never the book:
+    quality, features, macro series, regime, the model refit, forecasts, decay, scenarios. The
+    replay runs them one session ahead on its second core (:mod:`ais_pipelines.replay_feed`)."""
+
+    quality: QualityOutput
+    regime: RegimeOutput
+    forecasts: ForecastOutput
+    refit: bool = False
+
+
 @dataclass
 class NightlyOutput:
     quality: QualityOutput
@@ -687,14 +720,13 @@ class NightlyOutput:
     refit: bool = False
 
 
-def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *, refit: bool = False,
-                fred: Any = None, run_id: str | None = None) -> NightlyOutput:
-    """Every nightly step of D in the order of the asset graph (the replay's night).
+def run_market_night(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *, refit: bool = False,
+                     fred: Any = None, run_id: str | None = None) -> MarketNight:
+    """The book-independent steps of D, in the order of the asset graph.
 
     ``refit`` fits the forecast models with fit date D first (the model_refit_job), after the
     regime step whose labels the regime-conditional model needs. ``run_id``: the steps share one
-    bars read (``bars_cache``, as in a Dagster run) instead of one query per step.
-    """
+    bars read (``bars_cache``, as in a Dagster run) instead of one query per step."""
     quality = run_quality(con, pol, as_of, run_id)
     feats = run_features(con, pol, as_of, run_id)
     run_macro_series(con, pol, as_of, fred, warm_dir.parent / "raw" / f"macro-{as_of.date()}")
@@ -703,11 +735,25 @@ def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *,
         run_model_refit(con, pol, as_of, run_id)
     fc = run_forecasts(con, pol, as_of, run_id, features=feats)
     run_decay(con, pol, as_of, run_id)
+    run_scenarios(con, pol, as_of, run_id)  # reads quality, bars and the regime only
+    return MarketNight(quality, regime, fc, refit)
+
+
+def run_book_night(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, market: MarketNight) -> NightlyOutput:
+    """The steps of D that read the book and the strategies' realized performance, after
+    :func:`run_market_night` of D: lifecycle, candidates, auction, CVaR, proposals, memos."""
     lifecycle = run_lifecycle(con, pol, as_of)
     cands = run_candidates(con, pol, as_of)
-    run_scenarios(con, pol, as_of, run_id)
     auction = run_auction(con, pol, as_of, warm_dir)
     cvar = run_portfolio_cvar(con, pol, as_of)
     proposals = run_order_proposals(con, pol, as_of)
     memos = run_reasoning_memos(con, pol, as_of, warm_dir.parent / "reasoning" / str(as_of.date()))
-    return NightlyOutput(quality, regime, fc, lifecycle, cands, auction, cvar, proposals, memos, refit)
+    return NightlyOutput(market.quality, market.regime, market.forecasts, lifecycle, cands, auction, cvar, proposals,
+                         memos, market.refit)
+
+
+def run_nightly(con: Any, pol: Policies, as_of: pd.Timestamp, warm_dir: Path, *, refit: bool = False,
+                fred: Any = None, run_id: str | None = None) -> NightlyOutput:
+    """Every nightly step of D: :func:`run_market_night`, then :func:`run_book_night`."""
+    market = run_market_night(con, pol, as_of, warm_dir, refit=refit, fred=fred, run_id=run_id)
+    return run_book_night(con, pol, as_of, warm_dir, market)

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ais_pipelines import bars_cache, intraday, nightly
 from ais_pipelines import execution as ex
+from ais_pipelines import intraday, nightly
 from ais_pipelines.config import Policies
 from ais_pipelines.core import trading_state as ts
 from ais_pipelines.core.audit import AuditAnchor, AuditChain
@@ -47,7 +47,17 @@ from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.strategy_performance import owners, performance, strategy_day, symbol_pnl
 from ais_pipelines.ledger.store import LedgerStore, SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
-from ais_pipelines.replay_ingest import IncrementalIngestion
+from ais_pipelines.replay_feed import (  # noqa: F401 - the market half's names, re-exported
+    FLUSH_EVERY,
+    MarketFeed,
+    NightPlan,
+    ReplayError,
+    WindowedHistory,
+    WorkerFeed,
+    _providers,
+    ingest_session,
+    market_feed,
+)
 from ais_pipelines.replay_rules import ReplayRules, load_replay_rules
 from ais_pipelines.replay_store import ReadCachingWarehouse
 from ais_pipelines.warehouse import read_bars, read_table, replace_partition
@@ -55,7 +65,6 @@ from ais_pipelines.warehouse import read_bars, read_table, replace_partition
 REPLAY_ACTOR_TAG = "scripted"
 APPROVAL_TTL_S = 300
 MINUTES_AFTER_OPEN = 30
-FLUSH_EVERY = 21  # sessions between the batched writes of partitions no step reads back (replay_store)
 DIGEST_TABLES = {  # what "same decisions, orders, fills and NAV" means: table → sort key
     "capital_allocations": ["as_of", "candidate_id"],
     "order_proposals": ["as_of", "order_id"],
@@ -68,10 +77,6 @@ DIGEST_TABLES = {  # what "same decisions, orders, fills and NAV" means: table �
 }
 OWNED_FILES = ("warehouse.duckdb", "warehouse.duckdb.wal", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm",
                "audit_anchor.json", "replay_digest.json", "replay_manifest.json")
-
-
-class ReplayError(RuntimeError):
-    """The replay cannot start (bad range, out directory in use, no data for D+1)."""
 
 
 @dataclass(frozen=True)
@@ -213,111 +218,6 @@ def _prepare_out(cfg: ReplayConfig) -> None:
             shutil.rmtree(cfg.out / d)
 
 
-def _providers(pol: Policies, name: str) -> tuple[str, dict[str, Any], frozenset[str]]:
-    from ais_pipelines.market_data.routing import entitled_providers
-
-    entitled = entitled_providers(pol.providers, __import__("os").environ)
-    if name == "sample":
-        from ais_pipelines.market_data.sample import SampleDefect, SampleInstrument, SampleProvider
-
-        cfg = pol.providers.sample
-        inst = [SampleInstrument(i.symbol, i.resolved_class, i.sector, i.calendar) for i in pol.universe.symbols]
-        defects = [SampleDefect(**d.model_dump(exclude_none=True)) for d in cfg.defects]
-        return name, {"sample": WindowedHistory(SampleProvider(inst, end=cfg.end_session, n_sessions=cfg.n_sessions,
-                                                               seed=cfg.seed, defects=defects))}, entitled
-    if name == "files":
-        import os
-
-        from ais_pipelines.market_data.files import FilesProvider
-
-        directory = os.environ.get("AIS_FILES_DIR")
-        if not directory:
-            raise ReplayError("--provider files needs AIS_FILES_DIR")
-        return name, {"files": FilesProvider(directory)}, entitled
-    raise ReplayError(f"replay provider must be sample or files (point-in-time history on this machine), got {name!r}")
-
-
-class WindowedHistory:
-    """A deterministic history provider answered from one full response per symbol, sliced to
-    each night's window: the rows (frame and raw) the provider itself returns for
-    ``[start, end]``, without regenerating and re-serialising the whole history every session."""
-
-    def __init__(self, provider: Any) -> None:
-        self.provider = provider
-        self.name = provider.name
-        self._full: dict[str, Any] = {}
-        self._dates: dict[str, tuple[np.ndarray, bool]] = {}  # symbol → (dates, sorted): searched nightly
-
-    def _whole(self, request: Any) -> Any:
-        from ais_pipelines.market_data.base import ProviderError
-
-        key = request.symbol
-        if key not in self._full:
-            try:
-                # Whole history; bounds inside datetime64[ns] (1677–2262), the bars' own unit.
-                self._full[key] = self.provider.fetch_daily_bars(request, date(1900, 1, 1), date(2200, 12, 31))
-            except ProviderError as exc:
-                self._full[key] = exc
-        return self._full[key]
-
-    def fetch_daily_bars(self, request: Any, start: date, end: date) -> Any:
-        from dataclasses import replace
-
-        from ais_pipelines.market_data.base import ProviderEmptyError, RawRecords
-
-        whole = self._whole(request)
-        if isinstance(whole, Exception):
-            raise whole
-        lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-        if request.symbol not in self._dates:
-            col = whole.frame["date"]
-            self._dates[request.symbol] = (col.to_numpy(), bool(col.is_monotonic_increasing))
-        dates, ordered = self._dates[request.symbol]
-        if ordered:  # one contiguous slice (the generator's order)
-            a = int(dates.searchsorted(lo.to_datetime64(), "left"))
-            b = int(dates.searchsorted(hi.to_datetime64(), "right"))
-            rows: slice | np.ndarray = slice(a, b)
-        else:
-            rows = np.flatnonzero((dates >= lo.to_datetime64()) & (dates <= hi.to_datetime64()))
-        frame = whole.frame.iloc[rows].reset_index(drop=True)
-        raw = whole.raw.take(rows) if isinstance(whole.raw, RawRecords) else (
-            whole.raw[rows] if isinstance(rows, slice) else [whole.raw[i] for i in rows])
-        if frame.empty:
-            raise ProviderEmptyError(f"sample market has no bars for {request.symbol!r} in [{lo.date()}, {hi.date()}]",
-                                     provider=self.name)
-        return replace(whole, frame=frame, raw=raw)
-
-    def fetch_many(self, requests: Any, start: date, end: date) -> list[Any]:
-        from ais_pipelines.market_data.base import ProviderError
-
-        out = []
-        for req in requests:
-            try:
-                out.append(self.fetch_daily_bars(req, start, end))
-            except ProviderError:
-                continue  # as the provider's fetch_many: a symbol it cannot serve is left out
-        return out
-
-
-def ingest_session(con: Any, pol: Policies, ingestor: IncrementalIngestion, day: date, archive_root: Path) -> None:
-    """The nightly ingestion of ``day``: the same two stages as raw_daily_bars + daily_bars, fed
-    the full fetch window's outcome incrementally (:mod:`ais_pipelines.replay_ingest`)."""
-    from ais_pipelines.data_stages import promote_staged_bars, store_ingestion
-
-    run_id = f"replay-{day.isoformat()}"
-    outcome = ingestor.outcome(pol, day, archive_root / run_id)
-    stamp = pd.Timestamp(day) + pd.Timedelta(hours=23)  # deterministic: the night of ``day``
-    held = ingestor.last_day_before
-    store_ingestion(con, outcome, run_id, day, stamp=stamp)
-    stats, _, _ = promote_staged_bars(con, run_id, summarize=False)
-    if ingestor.window_start is not None:  # a full-window night re-delivers (and re-stamps) these rows
-        con.execute("UPDATE bars SET run_id = ? WHERE date >= ? AND run_id <> ?",
-                    [run_id, ingestor.window_start.to_pydatetime(), run_id])
-        if held is not None and stats.inserted and not stats.updated and not stats.unchanged:
-            # night ``day`` (run id ``run_id``) reads the bars held in memory plus tonight's rows
-            bars_cache.extend(con, run_id, read_bars(con, start=held + timedelta(days=1)))
-
-
 # --------------------------------------------------------------------------------------------
 # one session
 
@@ -447,17 +347,18 @@ def _expire_day_orders(oms: OrderManagementSystem, store: LedgerStore) -> int:
 
 
 def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, cfg: ReplayConfig,
-                rules: ReplayRules, env_policy: ex.EnvironmentPolicy, as_of: date, index: int, state: _State,
-                ingestor: IncrementalIngestion, refit: bool,
-                timings: dict[str, float]) -> dict[str, Any]:
+                rules: ReplayRules, env_policy: ex.EnvironmentPolicy, step: NightPlan, index: int, state: _State,
+                feed: MarketFeed | WorkerFeed, timings: dict[str, float]) -> dict[str, Any]:
+    as_of, traded = step.session, step.traded
     D = pd.Timestamp(as_of)
     t0 = time.perf_counter()
-    night = nightly.run_nightly(con, pol, D, cfg.out / nightly.WARM_DIR, refit=refit, run_id=f"replay-{as_of}")
+    market_night = feed.night(con, step)
     t1 = time.perf_counter()
-    traded = next_session(as_of, replay_calendars(pol))
-    ingest_session(con, pol, ingestor, traded, cfg.out / "raw")
-    market = market_of(con, traded)
+    night = nightly.run_book_night(con, pol, D, cfg.out / nightly.WARM_DIR, market_night)
     t2 = time.perf_counter()
+    feed.ingest(con, step)
+    market = market_of(con, traded)
+    t3 = time.perf_counter()
 
     key = cfg.signing_key
     session = open_session(pol, con, as_of, store, audit, cfg, market, ex.latest_activity(store))
@@ -490,7 +391,7 @@ def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, 
     write_partition(con, "execution_fills", outcome.fills, as_of)
     ex.close_session(store, audit, as_of, {"as_of": str(as_of), "orders": len(orders), "fills": len(outcome.fills)},
                      session.clock.now())
-    t3 = time.perf_counter()
+    t4 = time.perf_counter()
 
     # D+1's close: marks, NAV, kill switch, reconciliation, realized performance per strategy.
     from ais_pipelines.core.calendars import get_calendar
@@ -514,8 +415,9 @@ def run_session(con: Any, pol: Policies, store: LedgerStore, audit: AuditChain, 
     perf = performance(pd.concat(state.perf_rows, ignore_index=True), float(pol.mandate.nav))
     replace_partition(con, "strategy_performance", perf, "as_of", traded)
     replace_partition(con, "strategy_pnl", day, "as_of", traded)
-    t4 = time.perf_counter()
-    for k, v in (("nightly", t1 - t0), ("ingest", t2 - t1), ("intraday", t3 - t2), ("valuation", t4 - t3)):
+    t5 = time.perf_counter()
+    for k, v in (("market", t1 - t0), ("book", t2 - t1), ("ingest", t3 - t2), ("intraday", t4 - t3),
+                 ("valuation", t5 - t4)):
         timings[k] = timings.get(k, 0.0) + v
     return session_record(night, gov, outcome, val, report, as_of, traded, store)
 
@@ -605,6 +507,7 @@ def _no_fsync(store: LedgerStore) -> None:
 def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = None) -> ReplayResult:
     import duckdb
 
+    t_call = time.perf_counter()
     pol = Policies(cfg.policies_dir, cfg.universe_file)
     pol.validate_all()
     rules = load_replay_rules(pol.directory)
@@ -613,11 +516,16 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     sessions = replay_sessions(cfg.start, cfg.end, cals)
     if not sessions:
         raise ReplayError(f"no {', '.join(cals)} session between {cfg.start} and {cfg.end}")
-    providers = _providers(pol, cfg.provider)
     if cfg.provider == "sample" and next_session(sessions[-1], cals) > pol.providers.sample.end_session:
         raise ReplayError(f"the sample market ends {pol.providers.sample.end_session}: the last replayed session "
                           f"must leave one session after it to trade (--end before {pol.providers.sample.end_session})")
+    _providers(pol, cfg.provider)  # a bad provider name fails here, before anything is written
     _prepare_out(cfg)
+    cron = pol.models.refit.cron
+    plan = [NightPlan(d, next_session(d, cals), (i == 0 and rules.refit.initial) or refit_due(cron, d, next_session(d, cals)))
+            for i, d in enumerate(sessions)]
+    t0 = time.perf_counter()
+    feed = market_feed(cfg, pol, plan)  # the market half starts now, beside the ledger's set-up
     store = LedgerStore.open(f"sqlite:///{(cfg.out / 'ledger.sqlite').resolve()}")
     _no_fsync(store)
     audit_store = SqlAuditStore(store.engine)
@@ -631,39 +539,52 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     state = _State()
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
-    cron = pol.models.refit.cron
-    t0 = time.perf_counter()
+    worker: dict[str, float] = {}
+    ok = False
+    phases: dict[str, float] = {"policies": t0 - t_call, "setup": time.perf_counter() - t0}
     try:
-        ingestor = IncrementalIngestion(providers[1], providers[0], providers[2])
-        ingest_session(con, pol.as_of_session(sessions[0]), ingestor, sessions[0], cfg.out / "raw")
-        for i, d in enumerate(sessions):
-            refit = (i == 0 and rules.refit.initial) or refit_due(cron, d, next_session(d, cals))
-            # issue 13: the policies in force on d (effective dates), through the same loader
-            rows.append(run_session(con, pol.as_of_session(d), store, audit, cfg, rules, env_policy, d, i, state,
-                                    ingestor, refit, timings))
+        t = time.perf_counter()
+        feed.first(con, sessions[0])
+        timings["first_ingest"] = time.perf_counter() - t
+        for i, step in enumerate(plan):
+            # issue 13: the policies in force on D (effective dates), through the same loader
+            rows.append(run_session(con, pol.as_of_session(step.session), store, audit, cfg, rules, env_policy, step,
+                                    i, state, feed, timings))
             if (i + 1) % FLUSH_EVERY == 0:
                 con.flush()  # the held partitions (tables no step has read back since) in batches
             if progress is not None:
-                progress(Progress(i + 1, len(sessions), d, time.perf_counter() - t0))
+                progress(Progress(i + 1, len(sessions), step.session, time.perf_counter() - t0))
+        ok = True
+        t = time.perf_counter()
         track = pd.DataFrame(rows)
         track = add_realized_risk(track, pol.risk.horizon_sessions)
         replace_partition(con, "replay_sessions", track.drop(columns=["as_of"]).assign(
             session_as_of=track["as_of"]), "replay_id", "replay")
         write_track_record_extras(con)
         digest = replay_digest(con)
+        phases["track_record"] = time.perf_counter() - t
     finally:
+        t = time.perf_counter()
+        worker = feed.close(ok)
+        phases["worker_close"] = time.perf_counter() - t
+        t = time.perf_counter()
         try:
             persist_warehouse(con, cfg.out / "warehouse.duckdb")
+            phases["persist"] = time.perf_counter() - t
         finally:
+            t = time.perf_counter()
             con.close()
             audit.anchor = anchor
             head = audit.publish_anchor()
+    phases["anchor"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     manifest = {"start": str(cfg.start), "end": str(cfg.end), "sessions": len(sessions), "digest": digest,
                 "policies": str(pol.directory), "policy_digest": env_policy.digest, "provider": cfg.provider,
                 "audit_head": head.to_metadata() if head is not None else None,
                 "scripted_actions": state.scripted, "seconds": round(seconds, 3),
-                "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                "worker_timings_s": {k: round(v, 3) for k, v in worker.items()},
+                "phases_s": {k: round(v, 3) for k, v in phases.items()}}
     (cfg.out / "replay_digest.json").write_text(json.dumps({"digest": digest, "sessions": len(sessions)}, indent=2))
     (cfg.out / "replay_manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     store.dispose()

@@ -2,7 +2,7 @@
 
 A live night ingests the whole fetch window (``quality.history.fetch_sessions`` sessions) again:
 right for a live provider, whose history may be revised, but in a replay the history is one
-deterministic response per symbol (:class:`ais_pipelines.replay.WindowedHistory`) and night
+deterministic response per symbol (:class:`ais_pipelines.replay_feed.WindowedHistory`) and night
 D+1's window is night D's minus the sessions that fell out of it plus the new session. So each
 replayed night calls the same :func:`ais_pipelines.ingestion.ingest_universe` (routing,
 normalization, archive) for the rows dated after the previous night only, and carries the
@@ -104,7 +104,7 @@ class IncrementalIngestion:
 
     @property
     def eligible(self) -> bool:
-        from ais_pipelines.replay import WindowedHistory
+        from ais_pipelines.replay_feed import WindowedHistory
 
         return len(self.providers) == 1 and all(isinstance(p, WindowedHistory) for p in self.providers.values())
 

@@ -75,7 +75,8 @@ def _names(table: str, sql: str) -> bool:
 class ReadCachingWarehouse:
     """A DuckDB connection (everything else is forwarded) with exact read and table-list caches."""
 
-    def __init__(self, con: Any, verify: bool | None = None) -> None:
+    def __init__(self, con: Any, verify: bool | None = None, record: bool = False) -> None:
+        self._log: list[tuple[Any, ...]] | None = [] if record else None  # the writes, for replay_feed
         self.verify = os.environ.get("AIS_REPLAY_STORE_VERIFY") == "1" if verify is None else verify
         self._schemas: dict[str, dict[str, str]] = {}  # table → column → DuckDB type (DESCRIBE)
         self._text: Any = None
@@ -103,11 +104,37 @@ class ReadCachingWarehouse:
 
     # --- write-behind ----------------------------------------------------------------------
 
-    def deferred_replace_partition(self, table: str, frame: pd.DataFrame, key: str, value: object) -> int:
+    def deferred_replace_partition(self, table: str, frame: pd.DataFrame, key: str, value: object,
+                                   copy: bool = True) -> int:
         self._drop_reads({table})
-        self._pending.setdefault(table, []).append((key, value, frame.copy()))
+        held = frame.copy() if copy else frame
+        self._pending.setdefault(table, []).append((key, value, held))
         self.writes += 1
+        if self._log is not None:
+            self._log.append(("partition", table, key, value, held))
         return len(frame)
+
+    # --- the write log: another connection made equal by the same writes in the same order ----
+
+    def take_log(self) -> list[tuple[Any, ...]]:
+        """The writes made through this connection since the last call (``record=True``): held
+        partitions, statements other than reads, registered and unregistered frames."""
+        if self._log is None:
+            raise RuntimeError("this connection does not record its writes (record=True)")
+        log, self._log = self._log, []
+        return log
+
+    def apply_log(self, log: Iterable[tuple[Any, ...]]) -> None:
+        """Make the writes of ``take_log`` here, in their order, through the same methods."""
+        for op in log:
+            if op[0] == "partition":
+                self.deferred_replace_partition(op[1], op[4], op[2], op[3], copy=False)
+            elif op[0] == "execute":
+                self.execute(op[1], op[2])
+            elif op[0] == "register":
+                self.register(op[1], op[2])
+            else:
+                self.unregister(op[1])
 
     def flush(self, tables: Iterable[str] | None = None) -> None:
         """Write the held partitions (of ``tables``, default all) in the order they were made."""
@@ -250,7 +277,10 @@ class ReadCachingWarehouse:
         word = m.group(1).upper() if m else ""
         self._flush_for(sql, word)
         self._invalidate(sql, word)
-        return self.con.execute(sql) if parameters is None else self.con.execute(sql, parameters)
+        result = self.con.execute(sql) if parameters is None else self.con.execute(sql, parameters)
+        if self._log is not None and word not in _READS:  # a statement that failed is not logged
+            self._log.append(("execute", sql, copy.deepcopy(parameters)))
+        return result
 
     def _flush_for(self, sql: str, word: str) -> None:
         """Before a statement: the held writes of every table it names, directly or through a view
@@ -282,11 +312,15 @@ class ReadCachingWarehouse:
         if self._tables is not None and name in self._tables:
             self._tables = None
         self._registered.add(name)
+        if self._log is not None:  # a copy: the caller may change the frame once it is registered
+            self._log.append(("register", name, frame.copy() if isinstance(frame, pd.DataFrame) else frame))
         return self.con.register(name, frame)
 
     def unregister(self, name: str) -> Any:
         self._drop_reads({name})
         self._registered.discard(name)
+        if self._log is not None:
+            self._log.append(("unregister", name))
         return self.con.unregister(name)
 
     def _invalidate(self, sql: str, word: str) -> None:
