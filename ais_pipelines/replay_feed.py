@@ -38,7 +38,7 @@ from ais_pipelines.config import Policies
 from ais_pipelines.replay_ingest import IncrementalIngestion
 from ais_pipelines.warehouse import read_bars
 
-AHEAD = 3  # sessions the worker may run ahead of the replay (each is a night's write log in memory)
+AHEAD = 6  # sessions the worker may run ahead (each a night's write log in memory): it keeps working while the replay flushes
 FLUSH_EVERY = 21  # sessions between the batched writes of held partitions (replay_store)
 
 
