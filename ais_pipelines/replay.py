@@ -551,7 +551,9 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
             rows.append(run_session(con, pol.as_of_session(step.session), store, audit, cfg, rules, env_policy, step,
                                     i, state, feed, timings))
             if (i + 1) % FLUSH_EVERY == 0:
+                t = time.perf_counter()
                 con.flush()  # the held partitions (tables no step has read back since) in batches
+                timings["flush"] = timings.get("flush", 0.0) + time.perf_counter() - t
             if progress is not None:
                 progress(Progress(i + 1, len(sessions), step.session, time.perf_counter() - t0))
         ok = True
