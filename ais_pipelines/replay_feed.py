@@ -273,7 +273,10 @@ def _worker_main(jobs: Any, conn: Any, cancel: Any, parent: int) -> None:
                 continue
             if job is None:
                 return
-            _produce(*job, results, cancel, parent)
+            cfg, plan, environ = job
+            os.environ.clear()  # the replay's environment now (a kept worker was spawned earlier)
+            os.environ.update(environ)
+            _produce(cfg, plan, results, cancel, parent)
     finally:
         nightly.shutdown_regime_fit_worker()
 
@@ -339,7 +342,7 @@ class WorkerFeed:
     def __init__(self, cfg: Any, plan: list[NightPlan]) -> None:
         self.worker = _worker()
         self.worker.cancel.clear()
-        self.worker.jobs.put((cfg, plan))
+        self.worker.jobs.put((cfg, plan, dict(os.environ)))
         self.seconds = {"market": 0.0, "ingest": 0.0}
         self.done = False
 

@@ -21,6 +21,7 @@ import pytest
 from ais_pipelines import replay_feed
 from ais_pipelines.replay import ReplayConfig, ReplayError, run_replay
 from ais_pipelines.replay_feed import MarketWorkerError, NightPlan, WorkerFeed
+from ais_pipelines.replay_store import ReadCachingWarehouse
 
 
 def manifest(out: Path) -> dict:
@@ -107,6 +108,18 @@ def test_a_failure_in_the_worker_is_the_replay_s_error(policies_dir: Path, tmp_p
     assert any("in the replay's market worker" in n for n in info.value.__notes__)
     feed.close(ok=False)
     assert feed.worker.process.is_alive() and replay_feed._WORKER is feed.worker
+    # the kept worker runs each job in the environment of the replay that sent it
+    (tmp_path / "files").mkdir()
+    monkeypatch.setenv("AIS_FILES_DIR", str(tmp_path / "files"))
+    feed = WorkerFeed(cfg, plan)
+    con = ReadCachingWarehouse(duckdb.connect(":memory:"))
+    try:
+        feed.first(con, plan[0].session)
+    except Exception as exc:  # noqa: BLE001 - an empty directory may fail later; not for want of the variable
+        assert "needs AIS_FILES_DIR" not in str(exc)
+    finally:
+        feed.close(ok=False)
+        con.close()
 
 
 @pytest.mark.slow
