@@ -698,7 +698,7 @@ DECISION_STEPS = ("features", "regime", "forecasts", "model_decay_metrics", "str
 class MarketNight:
     """The night's steps that read only market data and earlier nights' models — never the book:
     quality, features, macro series, regime, the model refit, forecasts, decay, scenarios. The
-    replay runs them one session ahead on its second core (:mod:`ais_pipelines.replay_feed`)."""
+    replay runs them sessions ahead on its second core (:mod:`ais_pipelines.replay_feed`)."""
 
     quality: QualityOutput
     regime: RegimeOutput

@@ -1,5 +1,5 @@
 """The market half of each replayed night (issue 12): ingestion and the book-independent
-steps, on the replay's own connection or one session ahead on the machine's second core. No
+steps, on the replay's own connection or up to AHEAD sessions ahead on a second core. No
 Dagster.
 
 A replayed night has two halves. The market half — ingest, quality, features, macro series,
@@ -192,7 +192,7 @@ class MarketFeed:
 
 
 # --------------------------------------------------------------------------------------------
-# the market half, one session ahead in a worker process
+# the market half, up to AHEAD sessions ahead in a worker process
 
 
 class MarketWorkerError(RuntimeError):
