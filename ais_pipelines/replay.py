@@ -47,15 +47,13 @@ from ais_pipelines.core.reason_codes import ReasonCode
 from ais_pipelines.core.strategy_performance import owners, performance, strategy_day, symbol_pnl
 from ais_pipelines.ledger.store import LedgerStore, SqlAuditStore
 from ais_pipelines.oms.oms import OrderManagementSystem
-from ais_pipelines.replay_feed import (  # noqa: F401 - the market half's names, re-exported
+from ais_pipelines.replay_feed import (
     FLUSH_EVERY,
     MarketFeed,
     NightPlan,
     ReplayError,
-    WindowedHistory,
     WorkerFeed,
     _providers,
-    ingest_session,
     market_feed,
 )
 from ais_pipelines.replay_rules import ReplayRules, load_replay_rules
@@ -522,8 +520,10 @@ def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = 
     _providers(pol, cfg.provider)  # a bad provider name fails here, before anything is written
     _prepare_out(cfg)
     cron = pol.models.refit.cron
-    plan = [NightPlan(d, next_session(d, cals), (i == 0 and rules.refit.initial) or refit_due(cron, d, next_session(d, cals)))
-            for i, d in enumerate(sessions)]
+    plan = []
+    for i, d in enumerate(sessions):
+        traded = next_session(d, cals)
+        plan.append(NightPlan(d, traded, (i == 0 and rules.refit.initial) or refit_due(cron, d, traded)))
     t0 = time.perf_counter()
     feed = market_feed(cfg, pol, plan)  # the market half starts now, beside the ledger's set-up
     store = LedgerStore.open(f"sqlite:///{(cfg.out / 'ledger.sqlite').resolve()}")

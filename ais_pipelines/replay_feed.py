@@ -199,9 +199,10 @@ class MarketWorkerError(RuntimeError):
     """The market worker process stopped without an answer (killed, out of memory)."""
 
 
-def _put(results: Any, item: tuple[Any, ...], cancel: Any, parent: int) -> bool:
+def _put(results: Any, item: tuple[Any, ...], parent: int) -> bool:
+    """Queue ``item`` for the sender, waiting while the worker is AHEAD; False once orphaned."""
     while True:
-        if cancel.is_set() or os.getppid() != parent:
+        if os.getppid() != parent:
             return False
         try:
             results.put(item, timeout=1.0)
@@ -223,7 +224,7 @@ def _pump(out: queue.Queue, conn: Any) -> None:
             conn.send(("error", RuntimeError(repr(item[1])), f"{item[2]}\n(unpicklable {item[0]!r})", 0.0))
 
 
-def _produce(cfg: Any, plan: list[NightPlan], results: Any, cancel: Any, parent: int) -> None:
+def _produce(cfg: Any, plan: list[NightPlan], results: Any, parent: int) -> None:
     """The worker's side of one replay: MarketFeed on a recording in-memory warehouse."""
     import duckdb
 
@@ -234,27 +235,27 @@ def _produce(cfg: Any, plan: list[NightPlan], results: Any, cancel: Any, parent:
         feed = MarketFeed(cfg, Policies(cfg.policies_dir, cfg.universe_file))
         t = time.perf_counter()
         feed.first(con, plan[0].session)
-        if not _put(results, ("ingest", None, con.take_log(), time.perf_counter() - t), cancel, parent):
+        if not _put(results, ("ingest", None, con.take_log(), time.perf_counter() - t), parent):
             return
         for i, step in enumerate(plan):
             t = time.perf_counter()
             market = feed.night(con, step)
-            if not _put(results, ("night", market, con.take_log(), time.perf_counter() - t), cancel, parent):
+            if not _put(results, ("night", market, con.take_log(), time.perf_counter() - t), parent):
                 return
             t = time.perf_counter()
             feed.ingest(con, step)
-            if not _put(results, ("ingest", None, con.take_log(), time.perf_counter() - t), cancel, parent):
+            if not _put(results, ("ingest", None, con.take_log(), time.perf_counter() - t), parent):
                 return
             if (i + 1) % FLUSH_EVERY == 0:
                 con.flush()
-        _put(results, ("done", None, [], 0.0), cancel, parent)
+        _put(results, ("done", None, [], 0.0), parent)
     except BaseException as exc:  # noqa: BLE001 - the replay re-raises it, with this traceback
-        _put(results, ("error", exc, traceback.format_exc(), 0.0), cancel, parent)
+        _put(results, ("error", exc, traceback.format_exc(), 0.0), parent)
     finally:
         con.close()
 
 
-def _worker_main(jobs: Any, conn: Any, cancel: Any, parent: int) -> None:
+def _worker_main(jobs: Any, conn: Any, parent: int) -> None:
     """A spawned worker: one replay's market half per job, until told to stop or orphaned."""
     import signal
     import threading
@@ -276,7 +277,7 @@ def _worker_main(jobs: Any, conn: Any, cancel: Any, parent: int) -> None:
             cfg, plan, environ = job
             os.environ.clear()  # the replay's environment now (a kept worker was spawned earlier)
             os.environ.update(environ)
-            _produce(cfg, plan, results, cancel, parent)
+            _produce(cfg, plan, results, parent)
     finally:
         nightly.shutdown_regime_fit_worker()
 
@@ -286,7 +287,6 @@ class _Worker:
     process: Any
     jobs: Any
     results: Any
-    cancel: Any
 
     def stop(self) -> None:
         self.results.close()
@@ -308,14 +308,14 @@ def _worker() -> _Worker:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
-        jobs, cancel = ctx.Queue(), ctx.Event()
+        jobs = ctx.Queue()
         results, sender = ctx.Pipe(duplex=False)
         # not a daemon: its nights refit the regime in a process pool of their own
-        proc = ctx.Process(target=_worker_main, args=(jobs, sender, cancel, os.getpid()), name="ais-replay-market",
+        proc = ctx.Process(target=_worker_main, args=(jobs, sender, os.getpid()), name="ais-replay-market",
                            daemon=False)
         proc.start()
         sender.close()  # the worker holds the only write end: its death is this end's EOF
-        _WORKER = _Worker(proc, jobs, results, cancel)
+        _WORKER = _Worker(proc, jobs, results)
         atexit.register(_stop_worker)  # before multiprocessing's own exit hook joins it
     return _WORKER
 
@@ -341,7 +341,6 @@ class WorkerFeed:
 
     def __init__(self, cfg: Any, plan: list[NightPlan]) -> None:
         self.worker = _worker()
-        self.worker.cancel.clear()
         self.worker.jobs.put((cfg, plan, dict(os.environ)))
         self.seconds = {"market": 0.0, "ingest": 0.0}
         self.done = False
@@ -391,7 +390,6 @@ class WorkerFeed:
                 pass
         if not self.done:
             global _WORKER
-            self.worker.cancel.set()
             self.worker.stop()
             if _WORKER is self.worker:
                 _WORKER = None
@@ -400,5 +398,4 @@ class WorkerFeed:
 
 def market_feed(cfg: Any, pol: Policies, plan: list[NightPlan]) -> MarketFeed | WorkerFeed:
     """The worker on a machine with a second core (``AIS_REPLAY_WORKER=0``: inline)."""
-    feed = MarketFeed(cfg, pol)  # here as well: a bad provider fails before anything is spawned
-    return WorkerFeed(cfg, plan) if worker_enabled() else feed
+    return WorkerFeed(cfg, plan) if worker_enabled() else MarketFeed(cfg, pol)

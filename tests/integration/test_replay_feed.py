@@ -97,7 +97,7 @@ def test_a_failure_in_the_worker_is_the_replay_s_error(policies_dir: Path, tmp_p
     plan = [NightPlan(date(2026, 11, 18), date(2026, 11, 19), True)]
     # the worker's side, in process: the exception and its traceback are its answer
     results: queue.Queue = queue.Queue()
-    replay_feed._produce(cfg, plan, results, threading.Event(), os.getppid())
+    replay_feed._produce(cfg, plan, results, os.getppid())
     what, exc, tb, _ = results.get_nowait()
     assert what == "error" and isinstance(exc, ReplayError) and "AIS_FILES_DIR" in str(exc) and "MarketFeed" in tb
     # across the process boundary: the replay raises the worker's exception; the worker, whose
@@ -127,17 +127,31 @@ def test_kill_9_of_the_worker_stops_the_replay_and_the_next_one_respawns(policie
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     if not replay_feed.worker_enabled():
         pytest.skip("one core: the replay runs inline")
-    pid = replay_feed._worker().process.pid  # spawned (or kept from an earlier replay) before the run
-    # kill -9 one second into a six-session replay: its first night (the full-window ingestion,
-    # the cold regime fit) alone takes longer, so nights are still owed
-    killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
-    killer.start()
+    # kill -9 one second after the replay has sent the worker its job: the first night (the
+    # full-window ingestion, the cold regime fit) alone takes longer, so nights are still owed
+    from ais_pipelines import replay as replay_module
+
+    killed: list[int] = []
+    timers: list[threading.Timer] = []
+    original = replay_module.market_feed
+
+    def feed_then_kill(*args: object) -> object:
+        feed = original(*args)
+        killed.append(feed.worker.process.pid)  # type: ignore[union-attr]
+        timers.append(threading.Timer(1.0, os.kill, (killed[0], signal.SIGKILL)))
+        timers[0].start()
+        return feed
+
+    monkeypatch.setattr(replay_module, "market_feed", feed_then_kill)
     try:
         with pytest.raises(MarketWorkerError, match="market worker exited"):
             run_replay(ReplayConfig(date(2026, 11, 11), date(2026, 11, 18), tmp_path / "killed",
                                     policies_dir=policies_dir))
     finally:
-        killer.cancel()
+        for t in timers:
+            t.cancel()
+    monkeypatch.setattr(replay_module, "market_feed", original)
+    pid = killed[0]
     assert (tmp_path / "killed" / "warehouse.duckdb").exists()  # persisted as far as it went
     start, end = date(2026, 11, 18), date(2026, 11, 19)
     again = run_replay(ReplayConfig(start, end, tmp_path / "again", policies_dir=policies_dir))

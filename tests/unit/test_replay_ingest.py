@@ -15,7 +15,8 @@ from ais_pipelines import bars_cache
 from ais_pipelines.config import DEFAULT_POLICIES_DIR, Policies
 from ais_pipelines.data_stages import assess_and_store_quality, promote_staged_bars, store_ingestion
 from ais_pipelines.ingestion import ingest_universe
-from ais_pipelines.replay import _providers, ingest_session, replay_sessions
+from ais_pipelines.replay import replay_sessions
+from ais_pipelines.replay_feed import _providers, ingest_session
 from ais_pipelines.replay_ingest import IncrementalIngestion
 from ais_pipelines.warehouse import read_bars
 

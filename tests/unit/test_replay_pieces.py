@@ -141,7 +141,7 @@ def test_windowed_history_returns_exactly_what_the_sample_provider_returns_for_e
     from ais_pipelines.core.asset_classes import AssetClass
     from ais_pipelines.market_data.base import InstrumentRequest, ProviderEmptyError
     from ais_pipelines.market_data.sample import SampleInstrument, SampleProvider
-    from ais_pipelines.replay import WindowedHistory
+    from ais_pipelines.replay_feed import WindowedHistory
 
     inst = [SampleInstrument("AAPL", AssetClass.STOCKS, "Information Technology"),
             SampleInstrument("BTC/USD", AssetClass.CRYPTO, "Digital Assets")]
