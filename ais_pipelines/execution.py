@@ -532,22 +532,47 @@ def pnl_stats(pnl_history: pd.DataFrame, window: int = 63) -> dict[str, float]:
 def _pc1_correlations(returns: pd.DataFrame, min_obs: int = 20, symbols: Iterable[str] | None = None) -> pd.Series:
     """|corr| of each symbol's returns (of ``symbols`` only, when given) with the first principal
     component of the panel."""
-    panel = returns.dropna(axis=1, thresh=min_obs)
-    panel = panel.dropna(axis=0)
-    if panel.shape[0] < min_obs or panel.shape[1] < 2:
+    found = _pc1_panel(returns, min_obs)
+    if found is None:
         return pd.Series(dtype=float)
-    z = (panel - panel.mean()) / panel.std(ddof=0).replace(0, np.nan)
-    z = z.dropna(axis=1)
-    if z.shape[1] < 2:
-        return pd.Series(dtype=float)
-    u, s, _vt = np.linalg.svd(z.to_numpy(), full_matrices=False)
-    pc1 = pd.Series(u[:, 0] * s[0], index=z.index)
+    z, pc1 = found
     if symbols is not None:  # the panel (and so the component) is the whole universe's either way
         wanted = set(symbols)
         z = z[[c for c in z.columns if c in wanted]]
         if z.shape[1] == 0:
             return pd.Series(dtype=float)
     return z.apply(lambda col: abs(float(np.corrcoef(col, pc1)[0, 1])))
+
+
+_PC1_LAST: list[Any] = []  # [weakref to the panel, its fingerprint, min_obs, result]: the last one asked
+
+
+def _pc1_panel(returns: pd.DataFrame, min_obs: int) -> tuple[pd.DataFrame, pd.Series] | None:
+    """The standardized panel and its first principal component (an SVD of the whole panel).
+
+    A session asks it for the same returns panel once per context it assembles (every scripted
+    or human approval re-checks its order against a fresh context), so the last panel's answer is
+    kept while the same, unchanged frame is asked again (its values are fingerprinted)."""
+    values = returns.to_numpy()
+    fingerprint = (returns.shape, tuple(returns.columns), tuple(returns.index[[0, -1]]) if len(returns) else (),
+                   hashlib.blake2b(np.ascontiguousarray(values).tobytes() if values.dtype != object
+                                   else repr(values.tolist()).encode(), digest_size=16).digest())
+    if _PC1_LAST and _PC1_LAST[0]() is returns and _PC1_LAST[1] == fingerprint and _PC1_LAST[2] == min_obs:
+        return _PC1_LAST[3]
+    panel = returns.dropna(axis=1, thresh=min_obs)
+    panel = panel.dropna(axis=0)
+    out: tuple[pd.DataFrame, pd.Series] | None = None
+    if panel.shape[0] >= min_obs and panel.shape[1] >= 2:
+        z = (panel - panel.mean()) / panel.std(ddof=0).replace(0, np.nan)
+        z = z.dropna(axis=1)
+        if z.shape[1] >= 2:
+            u, s, _vt = np.linalg.svd(z.to_numpy(), full_matrices=False)
+            out = (z, pd.Series(u[:, 0] * s[0], index=z.index))
+    try:
+        _PC1_LAST[:] = [weakref.ref(returns), fingerprint, min_obs, out]
+    except TypeError:  # not weak-referenceable: nothing kept
+        _PC1_LAST.clear()
+    return out
 
 
 def win_stats(ledger: LedgerStore, returns: pd.DataFrame, now: datetime, window_days: int = 63) -> dict[str, float]:
