@@ -269,7 +269,7 @@ def regime_fit_worker() -> Any:
         from concurrent.futures import ProcessPoolExecutor
 
         _FIT_WORKER = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                          initializer=die_with_parent)
+                                          initializer=_fit_worker_init)
     return _FIT_WORKER
 
 
@@ -278,6 +278,13 @@ def shutdown_regime_fit_worker() -> None:
     if _FIT_WORKER is not None:
         pool, _FIT_WORKER = _FIT_WORKER, None
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fit_worker_init() -> None:
+    from ais_pipelines.blas_threads import one_blas_thread
+
+    die_with_parent()
+    one_blas_thread()  # one of the processes running beside each other, one core each
 
 
 def die_with_parent() -> None:

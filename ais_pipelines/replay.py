@@ -503,6 +503,13 @@ def _no_fsync(store: LedgerStore) -> None:
 
 
 def run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None = None) -> ReplayResult:
+    from ais_pipelines.blas_threads import one_blas_thread
+
+    with one_blas_thread():  # the market worker is the second core's work, not a BLAS thread
+        return _run_replay(cfg, progress)
+
+
+def _run_replay(cfg: ReplayConfig, progress: Callable[[Progress], None] | None) -> ReplayResult:
     import duckdb
 
     t_call = time.perf_counter()

@@ -260,7 +260,10 @@ def _worker_main(jobs: Any, conn: Any, parent: int) -> None:
     import signal
     import threading
 
+    from ais_pipelines.blas_threads import one_blas_thread
+
     nightly.die_with_parent()
+    one_blas_thread()  # kept for the worker's life: the replay's process is the other core's work
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))  # its regime pool dies with it (die_with_parent)
     results: queue.Queue = queue.Queue(AHEAD * 2)  # the bound: how far ahead the worker runs
     threading.Thread(target=_pump, args=(results, conn), name="ais-replay-market-sender", daemon=True).start()

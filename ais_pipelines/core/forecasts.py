@@ -360,10 +360,12 @@ def _fit_linear(
     ok = np.isfinite(x) & np.isfinite(y)
     xs, ys = x[ok], y[ok]
     n = int(ok.sum())
-    sxx = float(np.dot(xs, xs))
+    # Correctly rounded sums, not BLAS dot: a multithreaded dot splits the sum by thread, so the
+    # coefficient (and every decision after it) would depend on the machine's core count.
+    sxx = math.fsum(xs * xs)
     if n < 10 or sxx <= 0:
         return {"beta": 0.0}, {"n_obs": n, "beta_ols": None, "se": None, "shrink": 0.0}
-    b_ols = float(np.dot(xs, ys) / sxx)
+    b_ols = math.fsum(xs * ys) / sxx
     se = _clustered_se_mean(xs * (ys - b_ols * xs), _date_blocks(dates[ok], horizon), sxx)
     b = _shrink(b_ols, se, prior_sd)
     return {"beta": b}, {
