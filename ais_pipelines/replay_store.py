@@ -288,6 +288,9 @@ class ReadCachingWarehouse:
         PRAGMA, the catalog, ROLLBACK …)."""
         if word in _TRANSACTION:
             return
+        if word == "CREATE" and (one := _ONE_RELATION_DDL.match(sql)) and one.group("if_absent") \
+                and one.group("name") not in self._registered and one.group("name") in self._listed():
+            return  # ensure_table of a table that exists changes nothing: its held writes stay held
         if word not in _NAMING or _CATALOG.search(sql):
             self.flush()
         elif self._pending or self._views:

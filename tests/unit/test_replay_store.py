@@ -185,3 +185,46 @@ def test_the_book_before_d_is_the_latest_partition_before_d() -> None:
         book, cash, nav = current_book(c, pd.Timestamp(days[0]), 5.0)
         assert book.empty and list(book.columns) == ["symbol", "qty", "market_value", "mark"]
         assert (cash, nav) == (None, 5.0)
+
+
+def test_partitions_that_keep_an_untyped_column_null_are_written_in_one_batch() -> None:
+    """The regime's macro dates are NULL in every partition without FRED: their column has no
+    type, and a run of such partitions is one DELETE + INSERT that leaves the table (types
+    included) as writing them one by one does; a run with a real value there is not merged."""
+    plain, cached = _both()
+    days = [date(2026, 11, 2 + k) for k in range(6)]
+    for c in (plain, cached):
+        replace_partition(c, "t", pd.DataFrame({"x": [0.0], "u": [None]}), "as_of", date(2026, 11, 1))
+    cached.flush()
+    for k, day in enumerate(days[:4]):
+        for c in (plain, cached):
+            replace_partition(c, "t", pd.DataFrame({"x": [float(k)], "u": [None]}), "as_of", day)
+    cached.flush()
+    assert cached.merged == 4
+    for k, day in enumerate(days[4:]):
+        for c in (plain, cached):
+            replace_partition(c, "t", pd.DataFrame({"x": [float(k)], "u": ["2026-11-05" if k else None]}), "as_of", day)
+    cached.flush()
+    assert cached.merged == 4  # the typed value types the column: written one by one, as replace_partition
+    assert cached.execute('DESCRIBE "t"').fetchall() == plain.execute('DESCRIBE "t"').fetchall()
+    pd.testing.assert_frame_equal(cached.execute('SELECT * FROM "t" ORDER BY as_of').df(),
+                                  plain.execute('SELECT * FROM "t" ORDER BY as_of').df(), check_exact=True)
+
+
+def test_ensure_table_of_an_existing_table_keeps_its_held_writes_held() -> None:
+    """``CREATE TABLE IF NOT EXISTS`` of a table that exists changes nothing (each night's quality
+    stage ensures ``quality_flags``), so the partitions held for it stay held for the batch; of a
+    table that does not exist yet, the held writes that create it are made first, as inline."""
+    plain, cached = _both()
+    ddl = 'CREATE TABLE IF NOT EXISTS "f" ("as_of" DATE, "flag" VARCHAR)'
+    for c in (plain, cached):
+        replace_partition(c, "f", pd.DataFrame({"flag": ["a"]}), "as_of", date(2026, 11, 1))
+        c.execute(ddl)  # the held write created the table first: this creates nothing
+    assert cached.flushes == 1
+    for k in range(3):
+        for c in (plain, cached):
+            replace_partition(c, "f", pd.DataFrame({"flag": [f"b{k}"]}), "as_of", date(2026, 11, 2 + k))
+            c.execute(ddl)
+    assert cached.flushes == 1 and cached.merged == 0  # still held
+    pd.testing.assert_frame_equal(read_table(cached, "f"), read_table(plain, "f"))
+    assert cached.merged == 3
