@@ -228,6 +228,10 @@ def _fit_start(y_pct: np.ndarray, start: np.ndarray, em_iter: int, max_iter: int
 def _make_model(y_pct: np.ndarray) -> Any:
     from statsmodels.tsa.regime_switching.markov_regression import MarkovRegression
 
+    from ais_pipelines.core.markov_logsumexp import install
+
+    install()  # SciPy's logsumexp arithmetic without its per-call dispatch (half of a fit)
+
     return MarkovRegression(y_pct, k_regimes=3, trend="c", switching_variance=True)
 
 
