@@ -165,7 +165,8 @@ def main() -> None:
     ap.add_argument("--big-symbols", type=int, default=100)
     ap.add_argument("--big-sessions", type=int, default=10)
     ap.add_argument("--peers", default="launched,in-process", help="comma-separated: " + ", ".join(PEERS))
-    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "replay.md"),
+                    help="where the run's report goes (overwritten; benchmarks/RESULTS.md keeps the history)")
     args = ap.parse_args()
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if not peers or any(p not in PEERS for p in peers):
@@ -223,12 +224,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     res = Path(args.results)
-    old = res.read_text() if res.exists() else "# Benchmark results\n"
-    start = old.find("## Walk-forward replay benchmark (issue 12)")
-    if start >= 0:
-        nxt = old.find("\n## ", start + 5)
-        old = old[:start] + (old[nxt + 1:] if nxt >= 0 else "")
-    res.write_text(old.rstrip("\n") + "\n\n" + text)
+    res.parent.mkdir(parents=True, exist_ok=True)
+    res.write_text(text)
 
 
 if __name__ == "__main__":
