@@ -250,10 +250,15 @@ def _mergeable(con: duckdb.DuckDBPyConnection, table: str, key: str,
                run: Sequence[tuple[object, pd.DataFrame]]) -> bool:
     existing = {r[0]: r[1] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
     cols = [c for c in run[0][1].columns if c != key]
-    # A column the table holds without a type (every value so far NULL) stays so while the run's
-    # values are all NULL too: replace_partition would type it from the first real value only.
+    # A column the table holds without a type (every value so far NULL) stays so while the run
+    # holds only None there (objects DuckDB types NULL); replace_partition would type it from the
+    # first typed column (a float NaN is DOUBLE, a pandas string NA is VARCHAR).
     return key in existing and all(c in existing and (existing[c] not in ('"NULL"', "NULL") or all(
-        f[c].isna().all() for _, f in run)) for c in cols) and all(_plain_columns(f) for _, f in run)
+        _only_none(f[c]) for _, f in run)) for c in cols) and all(_plain_columns(f) for _, f in run)
+
+
+def _only_none(column: pd.Series) -> bool:
+    return column.dtype == object and all(v is None for v in column)
 
 
 def _insert_run(con: duckdb.DuckDBPyConnection, table: str, key: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from ais_pipelines.replay_store import ReadCachingWarehouse
@@ -209,6 +210,19 @@ def test_partitions_that_keep_an_untyped_column_null_are_written_in_one_batch() 
     assert cached.execute('DESCRIBE "t"').fetchall() == plain.execute('DESCRIBE "t"').fetchall()
     pd.testing.assert_frame_equal(cached.execute('SELECT * FROM "t" ORDER BY as_of').df(),
                                   plain.execute('SELECT * FROM "t" ORDER BY as_of').df(), check_exact=True)
+    # all-NULL columns DuckDB types anyway (a float NaN is DOUBLE, a pandas string NA VARCHAR) type
+    # the untyped column in replace_partition: not merged either
+    for column in (pd.Series([np.nan]), pd.Series([None], dtype="string")):
+        plain, cached = _both()
+        for c in (plain, cached):
+            replace_partition(c, "t", pd.DataFrame({"x": [0.0], "u": [None]}), "as_of", date(2026, 11, 1))
+        cached.flush()
+        for k, day in enumerate(days[:3]):
+            for c in (plain, cached):
+                replace_partition(c, "t", pd.DataFrame({"x": [float(k)], "u": column}), "as_of", day)
+        cached.flush()
+        assert cached.merged == 0
+        assert cached.execute('DESCRIBE "t"').fetchall() == plain.execute('DESCRIBE "t"').fetchall()
 
 
 def test_ensure_table_of_an_existing_table_keeps_its_held_writes_held() -> None:
