@@ -544,7 +544,7 @@ def _pc1_correlations(returns: pd.DataFrame, min_obs: int = 20, symbols: Iterabl
     return z.apply(lambda col: abs(float(np.corrcoef(col, pc1)[0, 1])))
 
 
-_PC1_LAST: list[Any] = []  # [weakref to the panel, its fingerprint, min_obs, result]: the last one asked
+_PC1_LAST: tuple[Any, ...] = ()  # (weakref to the panel, its fingerprint, min_obs, result): the last one asked
 
 
 def _pc1_panel(returns: pd.DataFrame, min_obs: int) -> tuple[pd.DataFrame, pd.Series] | None:
@@ -553,12 +553,14 @@ def _pc1_panel(returns: pd.DataFrame, min_obs: int) -> tuple[pd.DataFrame, pd.Se
     A session asks it for the same returns panel once per context it assembles (every scripted
     or human approval re-checks its order against a fresh context), so the last panel's answer is
     kept while the same, unchanged frame is asked again (its values are fingerprinted)."""
+    global _PC1_LAST
     values = returns.to_numpy()
     fingerprint = (returns.shape, tuple(returns.columns), tuple(returns.index[[0, -1]]) if len(returns) else (),
                    hashlib.blake2b(np.ascontiguousarray(values).tobytes() if values.dtype != object
                                    else repr(values.tolist()).encode(), digest_size=16).digest())
-    if _PC1_LAST and _PC1_LAST[0]() is returns and _PC1_LAST[1] == fingerprint and _PC1_LAST[2] == min_obs:
-        return _PC1_LAST[3]
+    last = _PC1_LAST  # one read of the global: another thread may replace it
+    if last and last[0]() is returns and last[1] == fingerprint and last[2] == min_obs:
+        return last[3]
     panel = returns.dropna(axis=1, thresh=min_obs)
     panel = panel.dropna(axis=0)
     out: tuple[pd.DataFrame, pd.Series] | None = None
@@ -569,9 +571,9 @@ def _pc1_panel(returns: pd.DataFrame, min_obs: int) -> tuple[pd.DataFrame, pd.Se
             u, s, _vt = np.linalg.svd(z.to_numpy(), full_matrices=False)
             out = (z, pd.Series(u[:, 0] * s[0], index=z.index))
     try:
-        _PC1_LAST[:] = [weakref.ref(returns), fingerprint, min_obs, out]
+        _PC1_LAST = (weakref.ref(returns), fingerprint, min_obs, out)
     except TypeError:  # not weak-referenceable: nothing kept
-        _PC1_LAST.clear()
+        _PC1_LAST = ()
     return out
 
 
