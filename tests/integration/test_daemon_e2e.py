@@ -3,9 +3,9 @@ through dagster-webserver's GraphQL API.
 
 One code server, one daemon, one webserver (each its own process group, killed by PID), a
 fresh instance (SQLite; PostgreSQL when ``AIS_TEST_POSTGRES_URL`` is set) and the simulated
-market clock fixed in the session after D (D = the last XNYS session on or before today in New
-York, the sample market ending on it). The schedule derives D from that fixed clock, not from
-the wall-clock day, so the test runs on weekends and holidays too:
+market clock fixed in the session after D (D = ``SESSION_D``, a fixed XNYS session, the sample
+market ending on it). The schedule derives D from that fixed clock, not from the wall-clock day,
+so the test runs on any day:
 
 1. the nightly schedule (test cron: every minute) launches ``nightly_job`` for D by itself;
 2. a failing evaluation of ``proposals_respect_risk_state`` is planted for D: the running
@@ -51,6 +51,7 @@ BIN = Path(sys.executable).parent
 NY = ZoneInfo("America/New_York")
 LOCATION = {"repositoryLocationName": "ais_pipelines", "repositoryName": "__repository__"}
 PG_URL = os.environ.get("AIS_TEST_POSTGRES_URL")
+SESSION_D = "2026-12-01"  # a XNYS session whose sample night proposes orders (see ``service``)
 
 
 def _free_port() -> int:
@@ -128,7 +129,10 @@ def _policies(root: Path, d: pd.Timestamp) -> Path:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    d = last_n_sessions("XNYS", datetime.now(NY).date(), 1)[0]  # any wall-clock day: never skips
+    # A fixed D, not the wall-clock day's: the sample market is synthetic, and on some days its
+    # night's optimum is all cash (ending 2026-12-02: 45 candidates, none allocated), so the
+    # sensor would rightly have nothing to launch. Ending on D, it proposes 8 orders.
+    d = pd.Timestamp(SESSION_D)
     nxt = sessions_between("XNYS", d + pd.Timedelta(days=1), d + pd.Timedelta(days=10))[0]
     now = datetime.combine(nxt.date(), dtime(10, 30), NY)  # simulated clock: an hour into D+1
     with daemon_service(tmp_path, d, now) as svc:
