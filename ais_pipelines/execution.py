@@ -555,11 +555,11 @@ def _pc1_panel(returns: pd.DataFrame, min_obs: int) -> tuple[pd.DataFrame, pd.Se
     kept while the same, unchanged frame is asked again (its values are fingerprinted)."""
     global _PC1_LAST
     values = returns.to_numpy()
-    fingerprint = (returns.shape, tuple(returns.columns), tuple(returns.index[[0, -1]]) if len(returns) else (),
-                   hashlib.blake2b(np.ascontiguousarray(values).tobytes() if values.dtype != object
-                                   else repr(values.tolist()).encode(), digest_size=16).digest())
+    fingerprint = None if values.dtype.kind != "f" else (  # only a float panel is kept
+        returns.shape, tuple(returns.columns), tuple(returns.index[[0, -1]]) if len(returns) else (),
+        hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=16).digest())
     last = _PC1_LAST  # one read of the global: another thread may replace it
-    if last and last[0]() is returns and last[1] == fingerprint and last[2] == min_obs:
+    if fingerprint is not None and last and last[0]() is returns and last[1] == fingerprint and last[2] == min_obs:
         return last[3]
     panel = returns.dropna(axis=1, thresh=min_obs)
     panel = panel.dropna(axis=0)
@@ -570,10 +570,7 @@ def _pc1_panel(returns: pd.DataFrame, min_obs: int) -> tuple[pd.DataFrame, pd.Se
         if z.shape[1] >= 2:
             u, s, _vt = np.linalg.svd(z.to_numpy(), full_matrices=False)
             out = (z, pd.Series(u[:, 0] * s[0], index=z.index))
-    try:
-        _PC1_LAST = (weakref.ref(returns), fingerprint, min_obs, out)
-    except TypeError:  # not weak-referenceable: nothing kept
-        _PC1_LAST = ()
+    _PC1_LAST = (weakref.ref(returns), fingerprint, min_obs, out) if fingerprint is not None else ()
     return out
 
 

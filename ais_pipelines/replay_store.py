@@ -288,9 +288,8 @@ class ReadCachingWarehouse:
         PRAGMA, the catalog, ROLLBACK …)."""
         if word in _TRANSACTION:
             return
-        if word == "CREATE" and (one := _ONE_RELATION_DDL.match(sql)) and one.group("if_absent") \
-                and one.group("name") not in self._registered and one.group("name") in self._listed():
-            return  # ensure_table of a table that exists changes nothing: its held writes stay held
+        if self._creates_nothing(sql, word):
+            return  # its held writes stay held
         if word not in _NAMING or _CATALOG.search(sql):
             self.flush()
         elif self._pending or self._views:
@@ -326,17 +325,23 @@ class ReadCachingWarehouse:
             self._log.append(("unregister", name))
         return self.con.unregister(name)
 
+    def _creates_nothing(self, sql: str, word: str) -> bool:
+        """``CREATE … IF NOT EXISTS`` of a table that exists (an ensure_table): changes nothing."""
+        one = _ONE_RELATION_DDL.match(sql) if word == "CREATE" else None
+        return bool(one and one.group("if_absent") and one.group("name") not in self._registered
+                    and one.group("name") in self._listed())
+
     def _invalidate(self, sql: str, word: str) -> None:
         if word in _READS or word in _TRANSACTION:
             return
         if word in _ROW_WRITES:
             self._drop_reads({t for t in {k[0] for k in self._reads} if _names(t, sql)})
             return
+        if self._creates_nothing(sql, word):
+            return
         one = _ONE_RELATION_DDL.match(sql)
         if one:  # changes that table or view only (and what a view made here reads through it)
             name = one.group("name")
-            if one.group("if_absent") and name in (self._tables or ()) and name not in self._registered:
-                return  # ensure_table of a table that exists: changes nothing
             self._drop_reads({name, *self._views})
             self._schemas.pop(name, None)
             self._tables = None

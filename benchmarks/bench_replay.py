@@ -109,6 +109,14 @@ def loop_steps(t: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in t.items() if not k.startswith(("worker_", "phase_"))}
 
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def peer_runs(sessions: list[str]) -> list[tuple[str, str]]:
+    """(job, partition) in walk-forward order: the refit once, then each session's night and execution."""
+    return [("model_refit_job", sessions[0])] + [(j, d) for d in sessions for j in ("nightly_job", "intraday_execution_job")]
+
+
 def time_dagster(sessions: list[str], pol: Path, runtime: Path) -> float:
     import dagster as dg
 
@@ -116,18 +124,14 @@ def time_dagster(sessions: list[str], pol: Path, runtime: Path) -> float:
 
     os.environ["AIS_POLICIES_DIR"] = str(pol)
     os.environ.setdefault("AIS_APPROVAL_KEY", "00" * 32)
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
     defs = build_definitions(env="ci", runtime_root=str(runtime))
     inst = dg.DagsterInstance.ephemeral()
     t = time.perf_counter()
-    defs.resolve_job_def("model_refit_job").execute_in_process(partition_key=sessions[0], instance=inst,
-                                                               run_config=quiet, raise_on_error=False)
-    for d in sessions:
-        for job in ("nightly_job", "intraday_execution_job"):
-            r = defs.resolve_job_def(job).execute_in_process(partition_key=d, instance=inst, run_config=quiet,
-                                                             raise_on_error=False)
-            if not r.success:
-                print(f"  (peer) {job} [{d}] did not succeed")
+    for job, d in peer_runs(sessions):
+        r = defs.resolve_job_def(job).execute_in_process(partition_key=d, instance=inst, run_config=QUIET,
+                                                         raise_on_error=False)
+        if not r.success:
+            print(f"  (peer) {job} [{d}] did not succeed")
     return time.perf_counter() - t
 
 
@@ -137,15 +141,13 @@ def time_dagster_launched(sessions: list[str], pol: Path, runtime: Path) -> floa
     home.mkdir(parents=True)
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     quiet = runtime / "quiet.yaml"
-    quiet.write_text(yaml.safe_dump({"loggers": {"console": {"config": {"log_level": "ERROR"}}}}))
+    quiet.write_text(yaml.safe_dump(QUIET))
     env = {**os.environ, "DAGSTER_HOME": str(home), "AIS_ENV": "ci", "AIS_RUNTIME_DIR": str(runtime / "runtime"),
            "AIS_POLICIES_DIR": str(pol), "DAGSTER_DISABLE_TELEMETRY": "true"}
     env.setdefault("AIS_APPROVAL_KEY", "00" * 32)
     dagster = Path(sys.executable).parent / "dagster"
-    runs = [("model_refit_job", sessions[0])] + [(j, d) for d in sessions
-                                                  for j in ("nightly_job", "intraday_execution_job")]
     t = time.perf_counter()
-    for job, d in runs:
+    for job, d in peer_runs(sessions):
         r = subprocess.run([str(dagster), "job", "execute", "-m", "ais_pipelines.definitions", "-a", "defs", "-j", job,
                             "-c", str(quiet), "--tags", json.dumps({"dagster/partition": d})],
                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
